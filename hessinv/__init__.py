@@ -1,0 +1,23 @@
+"""hessinv: exact inverse-Hessian-vector products for deep networks, in time linear in depth.
+
+A network is a list of pure layers ``z_l = f_l(z_{l-1}, x_l)`` whose last layer returns the
+scalar loss. ``hvp`` gives ``H v``; ``ihvp`` gives ``(H + λI)^{-1} g`` exactly by the stage
+(Riccati) recursion on the Hessian's block structure (Rahimi 2026, arXiv:2601.06096);
+``factorize`` keeps the factorisation for many right-hand sides, log-determinants and inertia.
+"""
+
+from ._api import blocks as blocks
+from ._api import factorize as factorize
+from ._api import hvp as hvp
+from ._api import ihvp as ihvp
+from ._api import loss as loss
+from ._blocks import Blocks as Blocks
+from ._dense import hessian as hessian
+from ._errors import NonFiniteError as NonFiniteError
+from ._errors import PipelineError as PipelineError
+from ._errors import SingularPivotError as SingularPivotError
+from ._pipeline import Stack as Stack
+from ._riccati import Factorization as Factorization
+from ._riccati import Info as Info
+
+__version__ = "0.1.0"

@@ -1,0 +1,14 @@
+"""The errors hessinv raises. Each names the layer and the shapes involved."""
+
+
+class PipelineError(ValueError):
+    """The layers, parameters, batch or vector do not form a valid pipeline."""
+
+
+class SingularPivotError(ArithmeticError):
+    """A stage pivot ``Q_uu`` is singular or numerically singular: ``H + λI`` cannot be solved
+    reliably by the stage recursion. Raise the damping, or inspect ``Factorization.pivot_rcond``."""
+
+
+class NonFiniteError(ArithmeticError):
+    """NaN or inf in the parameters, the batch, the right-hand side, or a per-layer block."""

@@ -1,0 +1,323 @@
+"""The pipeline contract: a list of pure layers ``z_l = f_l(z_{l-1}, x_l)``, validated and grouped.
+
+A user hands us ``layers`` (functions, or :class:`Stack` for a run of identical layers),
+``params`` (one pytree per entry) and ``z0`` (the batch, any pytree). Here we
+
+* check the contract eagerly (at trace time), naming the layer index and shapes on failure;
+* group the expanded layer sequence into *segments*: maximal runs of the same function with the
+  same parameter and activation shapes. Every per-layer computation is then a ``vmap`` or a
+  ``lax.scan`` over a segment, so compile time depends on the number of distinct segments, not
+  on depth;
+* convert between a params-shaped pytree (params, ``v``, ``g``) and per-segment row matrices
+  ``(n, p)`` that the recursions consume.
+
+The first layer is always its own segment, with its input ``z_0`` frozen: ``dz_0 = 0``, so its
+input block has dimension 0 (MATH.md section 3) and a wide raw input never enters a Jacobian.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from . import _flat
+from ._errors import PipelineError
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """``depth`` consecutive copies of one layer function with their own parameters.
+
+    The matching entry of ``params`` holds the parameters of all copies stacked on a leading
+    axis of length ``depth`` (as produced by ``jax.vmap`` of an initialiser). The layer must map
+    activations to activations of the same shapes and dtypes. Everything about a Stack (forward
+    pass, blocks, recursions) is a ``lax.scan`` or ``vmap``, so compile time does not grow with
+    ``depth``.
+
+    Example::
+
+        layers = [embed, hessinv.Stack(block, 1024), head]
+        params = [p_embed, jax.vmap(init_block)(jax.random.split(key, 1024)), p_head]
+    """
+
+    layer: Callable
+    depth: int
+
+    def __post_init__(self):
+        if not callable(self.layer):
+            raise TypeError(f"Stack(layer, depth): layer must be callable, got {type(self.layer).__name__}")
+        if not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"Stack(layer, depth): depth must be a positive int, got {self.depth!r}")
+
+
+class Piece(NamedTuple):
+    """Layers ``lo:hi`` of user entry ``entry`` (a plain function entry has ``lo=0, hi=1``)."""
+
+    entry: int
+    lo: int
+    hi: int
+
+
+class Segment(NamedTuple):
+    """A run of ``n`` identical layers: same function and shapes, so one vmap/scan covers it."""
+
+    fn: Callable
+    n: int
+    pieces: tuple  # of Piece, in layer order
+    start: int  # index of its first layer in the expanded pipeline
+    in_spec: _flat.Spec  # of z_{l-1}
+    out_spec: _flat.Spec  # of z_l
+    param_spec: _flat.Spec  # of x_l, one layer
+    frozen_input: bool  # first layer: z_0 is data, dz_0 = 0
+
+    @property
+    def a_in(self) -> int:
+        return 0 if self.frozen_input else self.in_spec.size
+
+    @property
+    def a_out(self) -> int:
+        return self.out_spec.size
+
+    @property
+    def p(self) -> int:
+        return self.param_spec.size
+
+
+class Pipeline(NamedTuple):
+    """Everything static about a (layers, params, z0) triple. Hashable."""
+
+    entries: tuple  # per user entry: (fn, depth, is_stack)
+    entry_specs: tuple  # per user entry: Spec of one layer's params
+    params_spec: _flat.Spec  # of the whole params sequence
+    segments: tuple  # of Segment
+    dtype: Any  # the floating dtype the recursions run in
+    n_layers: int
+
+    def layer_name(self, k: int) -> str:
+        """Human-readable location of expanded layer ``k``."""
+        e, off = self.locate(k)
+        fn, depth, is_stack = self.entries[e]
+        name = getattr(fn, "__name__", type(fn).__name__)
+        where = f"layers[{e}]" + (f" (Stack of {depth}, copy {off})" if is_stack else "")
+        return f"layer {k} = {where}, function {name!r}"
+
+    def locate(self, k: int) -> tuple[int, int]:
+        for e, (_, depth, _) in enumerate(self.entries):
+            if k < depth:
+                return e, k
+            k -= depth
+        raise IndexError(k)
+
+
+def _struct(spec: _flat.Spec):
+    leaves = [jax.ShapeDtypeStruct(s, d) for s, d in zip(spec.shapes, spec.dtypes)]
+    return jax.tree.unflatten(spec.treedef, leaves)
+
+
+def _eval_layer(fn, in_spec, param_spec, where: str) -> _flat.Spec:
+    try:
+        out = jax.eval_shape(fn, _struct(in_spec), _struct(param_spec))
+    except Exception as e:  # noqa: BLE001 - re-raised with the layer named
+        raise PipelineError(
+            f"{where} failed on activations {in_spec.describe()} and parameters "
+            f"{param_spec.describe()}: {type(e).__name__}: {e}"
+        ) from e
+    return _flat.spec_of(out)
+
+
+def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
+    """Validate the pipeline and group it into segments. Runs at trace time only."""
+    if callable(layers) or isinstance(layers, Stack):
+        raise PipelineError("layers must be a sequence of layer functions (or Stack), not a single layer")
+    layers, params = tuple(layers), tuple(params) if isinstance(params, (list, tuple)) else params
+    if not isinstance(params, tuple):
+        raise PipelineError(f"params must be a list or tuple with one entry per layer, got {type(params).__name__}")
+    if len(layers) != len(params):
+        raise PipelineError(f"len(layers) = {len(layers)} but len(params) = {len(params)}; give one params entry per layer")
+    if not layers:
+        raise PipelineError("the pipeline is empty: give at least one layer")
+
+    entries, entry_specs, units = [], [], []
+    k = 0
+    z_spec = _flat.spec_of(z0)
+    act_specs = [z_spec]
+    for e, (layer, x) in enumerate(zip(layers, params)):
+        is_stack = isinstance(layer, Stack)
+        fn, depth = (layer.layer, layer.depth) if is_stack else (layer, 1)
+        if not callable(fn):
+            raise PipelineError(f"layers[{e}] is not callable: {type(fn).__name__}")
+        xs = _flat.spec_of(x)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(x):
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                raise TypeError(
+                    f"params[{e}]{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
+                    "parameters must be floating point (carry integer data in z0 instead)"
+                )
+        if is_stack:
+            bad = [s for s in xs.shapes if len(s) == 0 or s[0] != depth]
+            if bad:
+                raise PipelineError(
+                    f"layers[{e}] is a Stack of depth {depth}, so every leaf of params[{e}] needs a leading "
+                    f"axis of length {depth}; got {xs.describe()}"
+                )
+            xs = xs._replace(shapes=tuple(s[1:] for s in xs.shapes))
+        entries.append((fn, depth, is_stack))
+        entry_specs.append(xs)
+        name = getattr(fn, "__name__", type(fn).__name__)
+        where = f"layer {k} = layers[{e}] ({name!r}{', Stack of ' + str(depth) if is_stack else ''})"
+        # Same function, same shapes as the unit before: the output spec is known; skip the trace.
+        prev = units[-1] if units else None
+        if prev is not None and prev[0] is fn and prev[3] == xs and prev[4] == z_spec == prev[5]:
+            out_spec = z_spec
+        else:
+            out_spec = _eval_layer(fn, z_spec, xs, where)
+        if is_stack and out_spec != z_spec:
+            raise PipelineError(
+                f"{where}: a Stack layer must map activations to the same shapes and dtypes, but it maps "
+                f"{z_spec.describe()} to {out_spec.describe()}"
+            )
+        units.append([fn, depth, [Piece(e, 0, depth)], xs, z_spec, out_spec, k])
+        z_spec = out_spec
+        act_specs.append(out_spec)
+        k += depth
+
+    n_layers = k
+    if not (z_spec.treedef.num_leaves == 1 and z_spec.shapes[0] == () and z_spec.is_float[0]):
+        raise PipelineError(
+            f"the last layer ({n_layers - 1}) must return a scalar floating loss, but it returns {z_spec.describe()}"
+        )
+
+    # Merge neighbouring units that are the same function on the same shapes.
+    merged = []
+    for u in units:
+        if merged:
+            m = merged[-1]
+            if m[0] is u[0] and m[3] == u[3] and m[4] == m[5] == u[4] == u[5]:
+                m[1] += u[1]
+                m[2] = m[2] + u[2]
+                continue
+        merged.append(list(u))
+
+    # Peel the first layer (frozen input) and the last layer (scalar output) into segments of their own.
+    def split(unit, k):
+        fn, n, pieces, xs, i, o, start = unit
+        head, tail, count = [], [], 0
+        for p in pieces:
+            take = max(0, min(p.hi - p.lo, k - count))
+            if take:
+                head.append(Piece(p.entry, p.lo, p.lo + take))
+            if take < p.hi - p.lo:
+                tail.append(Piece(p.entry, p.lo + take, p.hi))
+            count += p.hi - p.lo
+        return [fn, k, head, xs, i, o, start], [fn, n - k, tail, xs, i, o, start + k]
+
+    if merged[0][1] > 1:
+        merged[0:1] = split(merged[0], 1)
+    if merged[-1][1] > 1:
+        merged[-1:] = split(merged[-1], merged[-1][1] - 1)
+
+    segments = tuple(
+        Segment(fn, n, tuple(pieces), start, i, o, xs, frozen_input=(j == 0))
+        for j, (fn, n, pieces, xs, i, o, start) in enumerate(merged)
+    )
+    dtype = _flat.float_dtype(*entry_specs, *act_specs)
+    return Pipeline(tuple(entries), tuple(entry_specs), _flat.spec_of(params), segments, dtype, n_layers)
+
+
+def check_like_params(pipe: Pipeline, tree: Any, name: str) -> None:
+    """``tree`` (a ``v`` or ``g``) must have exactly the structure, shapes and dtypes of params."""
+    if not isinstance(tree, (list, tuple)) or len(tree) != len(pipe.entries):
+        n = len(tree) if isinstance(tree, (list, tuple)) else type(tree).__name__
+        raise PipelineError(f"{name} must be a sequence like params, with {len(pipe.entries)} entries; got {n}")
+    for e, (t, xs, (_, depth, is_stack)) in enumerate(zip(tree, pipe.entry_specs, pipe.entries)):
+        ts = _flat.spec_of(t)
+        want = xs._replace(shapes=tuple((depth, *s) for s in xs.shapes)) if is_stack else xs
+        if ts.treedef != want.treedef or ts.shapes != want.shapes:
+            raise PipelineError(f"{name}[{e}] has structure {ts.describe()} but params[{e}] has {want.describe()}")
+        if ts.dtypes != want.dtypes:
+            raise TypeError(f"{name}[{e}] has dtypes {ts.describe()} but params[{e}] has {want.describe()}")
+
+
+# -- params-shaped pytrees <-> per-segment row matrices ------------------------------------------
+
+
+def to_rows(pipe: Pipeline, tree: Sequence) -> list:
+    """A params-shaped pytree as one ``(n, p)`` matrix per segment (row ``i`` = layer ``i``)."""
+    dt = pipe.dtype
+    entry_rows = []
+    for t, xs, (_, _, is_stack) in zip(tree, pipe.entry_specs, pipe.entries):
+        if is_stack:
+            entry_rows.append(jax.vmap(lambda x, xs=xs: _flat.ravel(xs, x, dt))(t))
+        else:
+            entry_rows.append(_flat.ravel(xs, t, dt)[None])
+    out = []
+    for seg in pipe.segments:
+        parts = [entry_rows[p.entry][p.lo : p.hi] for p in seg.pieces]
+        out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+    return out
+
+
+def from_rows(pipe: Pipeline, seg_rows: Sequence) -> list:
+    """Inverse of :func:`to_rows`: per-segment rows back to a params-shaped list."""
+    parts = [[] for _ in pipe.entries]
+    for seg, rows in zip(pipe.segments, seg_rows):
+        i = 0
+        for p in seg.pieces:
+            parts[p.entry].append(rows[i : i + p.hi - p.lo])
+            i += p.hi - p.lo
+    out = []
+    for ps, xs, (_, _, is_stack) in zip(parts, pipe.entry_specs, pipe.entries):
+        rows = ps[0] if len(ps) == 1 else jnp.concatenate(ps)
+        out.append(jax.vmap(lambda r, xs=xs: _flat.unravel(xs, r))(rows) if is_stack else _flat.unravel(xs, rows[0]))
+    return out
+
+
+# -- the forward pass ------------------------------------------------------------------------------
+
+
+def run_segment(seg: Segment, z, rows):
+    """Forward through one segment. Returns (output, stacked inputs of each layer)."""
+
+    def step(z, row):
+        return seg.fn(z, _flat.unravel(seg.param_spec, row)), z
+
+    if seg.n == 1:  # no loop for a single layer: keeps the common head/tail cheap to trace
+        out, zin = step(z, rows[0])
+        return out, jax.tree.map(lambda a: a[None], zin)
+    return jax.lax.scan(step, z, rows)
+
+
+def forward(pipe: Pipeline, seg_rows: Sequence, z0):
+    """The whole forward pass: (loss, per-segment stacked layer inputs)."""
+    z, inputs = z0, []
+    for seg, rows in zip(pipe.segments, seg_rows):
+        z, zin = run_segment(seg, z, rows)
+        inputs.append(zin)
+    return z, inputs
+
+
+def loss(layers: Sequence, params: Sequence, z0: Any) -> jax.Array:
+    """The pipeline's scalar loss ``z_L``: ``f_L(... f_1(z0, x_1) ..., x_L)``.
+
+    Stacks run as ``lax.scan``; every other entry is called directly. Differentiable in
+    ``params`` and ``z0``.
+    """
+    z = z0
+    for layer, x in zip(layers, params):
+        if isinstance(layer, Stack):
+            z, _ = jax.lax.scan(lambda z, x, f=layer.layer: (f(z, x), None), z, x)
+        else:
+            z = layer(z, x)
+    return z
+
+
+def scan(f, carry, xs, n: int, *, reverse: bool = False, unroll: int = 1):
+    """``lax.scan`` over the ``n`` layers of a segment. A single layer (``n == 1``) is applied
+    directly: its carry may change shape (``a_out`` to ``a_in``), which a scan cannot express."""
+    if n == 1:
+        carry, y = f(carry, jax.tree.map(lambda a: a[0], xs))
+        return carry, jax.tree.map(lambda a: a[None], y)
+    return jax.lax.scan(f, carry, xs, reverse=reverse, unroll=unroll)

@@ -1,0 +1,282 @@
+"""The exact stage (Riccati) recursion for ``(H + λI)^{-1} g`` (MATH.md section 3).
+
+``(H + λI) dx = g`` is the stationarity condition of a time-varying LQR problem with state
+``dz`` and control ``dx``. Backward over the layers, from ``S_L = 0``:
+
+    Q_uu = K_xx + B_lᵀ S_l B_l + λI        (the stage pivot, p_l × p_l)
+    Q_uz = K_xz + B_lᵀ S_l A_l
+    Q_zz = K_zz + A_lᵀ S_l A_l
+    G_l  = Q_uu^{-1} Q_uz
+    S_{l-1} = Q_zz − Q_uzᵀ G_l              (symmetrised)
+
+That is the *factorisation*: it does not involve ``g``. A *solve* is then two cheap passes,
+backward ``q_u = B_lᵀ s_l − g_l``, ``k_l = Q_uu^{-1} q_u``, ``s_{l-1} = A_lᵀ s_l − G_lᵀ q_u``
+and forward ``dx_l = −(G_l dz_{l-1} + k_l)``, ``dz_l = A_l dz_{l-1} + B_l dx_l``.
+
+Each pivot is factorised by LU with partial pivoting, not Cholesky, so an indefinite
+``H + λI`` (the normal case away from a minimum) is solved exactly as long as every pivot is
+nonsingular. Since ``H + λI = Tᵀ blockdiag(Q_uu,l) T`` with ``T`` unit block-triangular, the
+pivots also give ``log|det|``, its sign and (Sylvester) the inertia.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+
+from . import _pipeline
+from ._blocks import Blocks, SegmentBlocks
+from ._errors import NonFiniteError, SingularPivotError
+
+
+class StageFactors(NamedTuple):
+    """Per-stage data of one segment, stacked on a leading axis of length ``n``."""
+
+    Q_uu: jax.Array  # (n, p, p) the stage pivots
+    lu: jax.Array  # (n, p, p) their LU factors
+    piv: jax.Array  # (n, p) LAPACK-style row pivots
+    G: jax.Array  # (n, p, a_in) the gains
+    S: jax.Array  # (n, a_out, a_out) the S_l each stage was built from
+
+
+class Info(NamedTuple):
+    """Health of a factorisation or a solve. All fields are arrays, so this works under ``jit``.
+
+    Attributes:
+      ok: ``finite`` and every pivot's reciprocal condition above ``rcond_tol``.
+      finite: no NaN or inf in the blocks, the pivots (and the solution, for a solve).
+      min_rcond: the smallest reciprocal condition number ``min|eig| / max|eig|`` of any pivot.
+      worst_layer: the layer whose pivot has ``min_rcond``.
+      first_nonfinite_layer: the first layer whose Jacobian blocks are not finite, else -1.
+      rcond_tol: the threshold used for ``ok``: ``max(p_l) · eps(dtype)``.
+    """
+
+    ok: jax.Array
+    finite: jax.Array
+    min_rcond: jax.Array
+    worst_layer: jax.Array
+    first_nonfinite_layer: jax.Array
+    rcond_tol: jax.Array
+
+
+def _sym(M):
+    return 0.5 * (M + M.T)
+
+
+def _split_K(K, a_in):
+    return K[:a_in, :a_in], K[:a_in, a_in:], K[a_in:, a_in:]
+
+
+def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
+    """Backward recursion through one segment; returns S before it and its StageFactors."""
+    p, a_in, dt = seg.p, seg.a_in, blk.A.dtype
+    eye = jnp.eye(p, dtype=dt)
+
+    def step(S, xs):
+        A, B, K = xs
+        K_zz, K_zx, K_xx = _split_K(K, a_in)
+        SA, SB = S @ A, S @ B
+        Q_zz = K_zz + A.T @ SA
+        if p == 0:  # a parameter-free layer (a loss head): the state just propagates
+            empty = jnp.zeros((0, 0), dt)
+            return _sym(Q_zz), (empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), S)
+        Q_uu = _sym(K_xx + B.T @ SB) + lam * eye
+        Q_uz = K_zx.T + B.T @ SA
+        lu, piv, _ = jax.lax.linalg.lu(Q_uu)
+        G = jsl.lu_solve((lu, piv), Q_uz)
+        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, S)
+
+    S, out = _pipeline.scan(step, S, (blk.A, blk.B, blk.K), seg.n, reverse=True, unroll=unroll)
+    return S, StageFactors(*out)
+
+
+def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> "Factorization":
+    dt = blocks.pipe.dtype
+    lam = jnp.asarray(damping, dt)
+    S = jnp.zeros((1, 1), dt)  # S_L = 0 (z_L is the scalar loss)
+    stages = [None] * len(blocks.segments)
+    for j in range(len(blocks.segments) - 1, -1, -1):
+        S, stages[j] = _factor_segment(blocks.pipe.segments[j], blocks.segments[j], S, lam, unroll)
+    return Factorization(blocks, lam, stages)
+
+
+@jax.tree_util.register_pytree_node_class
+class Factorization:
+    """A reusable factorisation of ``H + λI`` by the stage recursion. A pytree.
+
+    Build it with :func:`hessinv.factorize`. Then ``solve`` costs about one hvp per right-hand
+    side (``jax.vmap(F.solve)`` over a leading axis for many), and ``logdet`` / ``inertia`` are
+    read off the pivots.
+
+    Attributes:
+      blocks: the λ-independent :class:`~hessinv.Blocks` (``A_l, B_l, b_l, K_l``).
+      damping: ``λ``.
+      stages: per segment, :class:`StageFactors` (pivots ``Q_uu``, their LU, gains ``G_l``, ``S_l``).
+    """
+
+    def __init__(self, blocks, damping, stages):
+        self.blocks, self.damping, self.stages = blocks, damping, tuple(stages)
+
+    @property
+    def pipe(self):
+        return self.blocks.pipe
+
+    def tree_flatten(self):
+        return (self.blocks, self.damping, self.stages), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+    # -- solves ---------------------------------------------------------------------------------
+
+    def solve(self, g):
+        """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params."""
+        pipe = self.pipe
+        rows = self.solve_rows(_pipeline.to_rows(pipe, g))
+        return _pipeline.from_rows(pipe, rows)
+
+    def solve_rows(self, g_rows):
+        """:meth:`solve` on per-segment row matrices (the flat form)."""
+        pipe, dt = self.pipe, self.pipe.dtype
+        segs = pipe.segments
+        ks = [None] * len(segs)
+        s = jnp.zeros((1,), dt)  # s_L = 0
+        for j in range(len(segs) - 1, -1, -1):
+            blk, st = self.blocks.segments[j], self.stages[j]
+            if segs[j].p == 0:
+                s = _pipeline.scan(lambda s, A: (A.T @ s, None), s, blk.A, segs[j].n, reverse=True)[0]
+                continue
+
+            def back(s, xs):
+                A, B, G, lu, piv, g = xs
+                q_u = B.T @ s - g
+                return A.T @ s - G.T @ q_u, jsl.lu_solve((lu, piv), q_u)
+
+            xs = (blk.A, blk.B, st.G, st.lu, st.piv, g_rows[j].astype(dt))
+            s, ks[j] = _pipeline.scan(back, s, xs, segs[j].n, reverse=True)
+
+        out = []
+        dz = jnp.zeros((0,), dt)  # dz_0 = 0
+        for j, seg in enumerate(segs):
+            blk, st = self.blocks.segments[j], self.stages[j]
+            if seg.p == 0:
+                dz = _pipeline.scan(lambda dz, A: (A @ dz, None), dz, blk.A, seg.n)[0]
+                out.append(jnp.zeros((seg.n, 0), dt))
+                continue
+
+            def fwd(dz, xs):
+                A, B, G, k = xs
+                dx = -(G @ dz + k)
+                return A @ dz + B @ dx, dx
+
+            dz, dx = _pipeline.scan(fwd, dz, (blk.A, blk.B, st.G, ks[j]), seg.n)
+            out.append(dx)
+        return out
+
+    def matvec(self, v):
+        """``(H + λI) v`` from the blocks; ``v`` shaped like params."""
+        return self.blocks.matvec(v, self.damping)
+
+    # -- what the pivots tell -------------------------------------------------------------------
+
+    def _pivot_stages(self):
+        return [(seg, st) for seg, st in zip(self.pipe.segments, self.stages) if seg.p > 0]
+
+    def logdet(self):
+        """``(sign, log|det(H + λI)|)`` = the product of the pivots' signs, the sum of their logs."""
+        dt = self.pipe.dtype
+        sign, logabs = jnp.ones((), dt), jnp.zeros((), dt)
+        for seg, st in self._pivot_stages():
+            d = jnp.diagonal(st.lu, axis1=-2, axis2=-1)
+            swaps = jnp.sum(st.piv != jnp.arange(seg.p, dtype=st.piv.dtype), axis=-1)
+            sign = sign * jnp.prod(jnp.sign(d)) * jnp.prod(jnp.where(swaps % 2 == 1, -1.0, 1.0).astype(dt))
+            logabs = logabs + jnp.sum(jnp.log(jnp.abs(d)))
+        return sign, logabs
+
+    def pivot_eigvalsh(self):
+        """Eigenvalues of every pivot ``Q_uu,l``: one ``(n, p)`` array per segment with ``p > 0``."""
+        return [jnp.linalg.eigvalsh(st.Q_uu) for _, st in self._pivot_stages()]
+
+    def pivot_rcond(self):
+        """Reciprocal condition ``min|eig| / max|eig|`` of every pivot, one ``(n,)`` array per
+        segment with ``p > 0`` (0 for an all-zero pivot, NaN when the pivot is not finite)."""
+        out = []
+        for w in self.pivot_eigvalsh():
+            aw = jnp.abs(w)
+            top = jnp.max(aw, axis=-1)
+            out.append(jnp.where(top > 0, jnp.min(aw, axis=-1) / jnp.where(top > 0, top, 1), 0))
+        return out
+
+    def rcond_tol(self):
+        p = max([seg.p for seg in self.pipe.segments] + [1])
+        return jnp.asarray(p * jnp.finfo(self.pipe.dtype).eps, self.pipe.dtype)
+
+    def inertia(self):
+        """``(n_pos, n_neg, n_zero)`` eigenvalue counts of ``H + λI`` (Sylvester: the sum of the
+        pivots' inertias). An eigenvalue counts as zero below ``rcond_tol`` relative to its pivot."""
+        tol = self.rcond_tol()
+        pos = neg = zero = jnp.zeros((), jnp.int32)
+        for w in self.pivot_eigvalsh():
+            thr = tol * jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+            z = jnp.abs(w) <= thr
+            pos += jnp.sum((w > 0) & ~z)
+            neg += jnp.sum((w < 0) & ~z)
+            zero += jnp.sum(z)
+        return pos, neg, zero
+
+    def info(self) -> Info:
+        """Pivot health and finiteness, as arrays (usable under ``jit``)."""
+        pipe = self.pipe
+        tol = self.rcond_tol()
+        finite = jnp.array(True)
+        first_bad = jnp.array(pipe.n_layers, jnp.int32)
+        for seg, blk in zip(pipe.segments, self.blocks.segments):
+            ok_l = jnp.all(jnp.isfinite(blk.A), axis=(1, 2)) & jnp.all(jnp.isfinite(blk.B), axis=(1, 2))
+            idx = seg.start + jnp.argmin(ok_l)
+            first_bad = jnp.where(jnp.all(ok_l), first_bad, jnp.minimum(first_bad, idx))
+            finite &= jnp.all(ok_l) & jnp.all(jnp.isfinite(blk.K))
+        for st in self.stages:
+            finite &= jnp.all(jnp.isfinite(st.Q_uu)) & jnp.all(jnp.isfinite(st.G))
+        first_bad = jnp.where(first_bad == pipe.n_layers, -1, first_bad).astype(jnp.int32)
+
+        rc = self.pivot_rcond()
+        if rc:
+            starts = [seg.start for seg, _ in self._pivot_stages()]
+            all_rc = jnp.concatenate(rc)
+            all_idx = jnp.concatenate([s + jnp.arange(r.shape[0]) for s, r in zip(starts, rc)])
+            # A singular pivot poisons every stage below it (the recursion runs backward) with
+            # NaN; those are consequences, so the culprit is the smallest *finite* rcond.
+            safe = jnp.where(jnp.isnan(all_rc), jnp.inf, all_rc)
+            i = jnp.argmin(safe)
+            min_rc, worst = safe[i], all_idx[i].astype(jnp.int32)
+        else:  # no parameters at all: nothing to solve
+            min_rc, worst = jnp.asarray(jnp.inf, pipe.dtype), jnp.array(-1, jnp.int32)
+        return Info(finite & (min_rc > tol), finite, min_rc, worst, first_bad, tol)
+
+    def check(self, info: Info | None = None) -> "Factorization":
+        """Raise :class:`SingularPivotError` / :class:`NonFiniteError` if the factorisation is
+        unusable. Needs concrete values (outside ``jit``); returns ``self`` for chaining."""
+        raise_for(self.pipe, self.info() if info is None else info)
+        return self
+
+
+def raise_for(pipe, info: Info, what: str = "H + λI") -> None:
+    """Turn a (concrete) :class:`Info` into a clear exception naming the layer."""
+    info = jax.tree.map(np.asarray, info)
+    k = int(info.first_nonfinite_layer)
+    if k >= 0:
+        raise NonFiniteError(f"NaN or inf in the Jacobian blocks of {what}, first at {pipe.layer_name(k)}")
+    if not float(info.min_rcond) > float(info.rcond_tol):
+        k = int(info.worst_layer)
+        raise SingularPivotError(
+            f"{what} is singular or numerically singular at the stage pivot of {pipe.layer_name(k)}: "
+            f"reciprocal condition {float(info.min_rcond):.3g} <= {float(info.rcond_tol):.3g}. "
+            "Add damping, or check that every parameter of that layer affects the loss."
+        )
+    if not bool(info.finite):
+        raise NonFiniteError(f"NaN or inf in the second-derivative blocks, stage pivots or solution of {what}")
