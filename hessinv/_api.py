@@ -76,8 +76,27 @@ def blocks(layers: Sequence, params: Sequence, z0: Any, *, curvature: str = "hes
     return _blocks.compute(pipe, list(params), z0, curvature)
 
 
+METHODS = ("riccati", "woodbury")
+
+
+def _factorize_blocks(blk: _blocks.Blocks, damping, method: str):
+    if method == "riccati":
+        return blk.factorize(damping)
+    if method == "woodbury":
+        from . import _woodbury
+
+        return _woodbury.factorize_blocks(blk, damping)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
 def factorize(
-    layers: Sequence, params: Sequence, z0: Any, *, damping=0.0, curvature: str = "hessian"
+    layers: Sequence,
+    params: Sequence,
+    z0: Any,
+    *,
+    damping=0.0,
+    curvature: str = "hessian",
+    method: str = "riccati",
 ) -> _riccati.Factorization:
     """Factorise ``H + λI`` by the exact stage recursion, for many solves.
 
@@ -87,9 +106,13 @@ def factorize(
     health. A singular pivot is not an error here (``logdet`` is then ``-inf`` and ``inertia``
     counts the zeros); solving with it is.
 
+    ``method="riccati"`` (default) is the stage recursion of MATH.md section 3, valid for every
+    layer shape; ``method="woodbury"`` is the paper's own route (section 6), which needs square
+    invertible ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks.
+
     Cost ``O(Σ_l (a_l + p_l)^3)`` time, ``O(Σ_l (a_l + p_l)^2)`` memory.
     """
-    F = blocks(layers, params, z0, curvature=curvature).factorize(damping)
+    F = _factorize_blocks(blocks(layers, params, z0, curvature=curvature), damping, method)
     if _is_concrete(F):
         info = F.info()
         if not bool(info.finite):
@@ -97,14 +120,14 @@ def factorize(
     return F
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "curvature"))
-def _ihvp_jit(layers, params, z0, g, damping, curvature):
-    return _ihvp_traced(layers, params, z0, g, damping, curvature, True)
+@functools.partial(jax.jit, static_argnames=("layers", "curvature", "method"))
+def _ihvp_jit(layers, params, z0, g, damping, curvature, method):
+    return _ihvp_traced(layers, params, z0, g, damping, curvature, method, True)
 
 
-def _ihvp_traced(layers, params, z0, g, damping, curvature, with_info):
+def _ihvp_traced(layers, params, z0, g, damping, curvature, method, with_info):
     pipe = _pipeline.build(layers, params, z0)
-    F = _blocks.compute(pipe, list(params), z0, curvature).factorize(damping)
+    F = _factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping, method)
     rows = F.solve_rows(_pipeline.to_rows(pipe, list(g)))
     x = _pipeline.from_rows(pipe, rows)
     if not with_info:
@@ -122,6 +145,7 @@ def ihvp(
     *,
     damping=0.0,
     curvature: str = "hessian",
+    method: str = "riccati",
     return_info: bool = False,
 ):
     """Inverse-Hessian-vector product ``(H + λI)^{-1} g``, exactly, in time linear in depth.
@@ -135,6 +159,8 @@ def ihvp(
       g: shaped exactly like ``params``.
       damping: ``λ``, a scalar (may be traced).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
+      method: ``"riccati"`` (default, any layer shapes) or ``"woodbury"`` (the paper's section 6
+        route; square layers only). See :func:`factorize`.
       return_info: also return an :class:`~hessinv.Info` of pivot health. Use it under ``jit``,
         where errors cannot be raised.
 
@@ -150,10 +176,10 @@ def ihvp(
     if _is_concrete(params, z0, g, damping):
         if not return_info:
             _check_inputs(params, z0, g=g)
-        x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature)
+        x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, method)
         if return_info:
             return x, info
         _riccati.raise_for(pipe, info)
         return x
-    x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, return_info)
+    x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, method, return_info)
     return (x, info) if return_info else x
