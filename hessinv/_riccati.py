@@ -47,7 +47,10 @@ class Info(NamedTuple):
     """Health of a factorisation or a solve. All fields are arrays, so this works under ``jit``.
 
     Attributes:
-      ok: ``finite`` and every pivot's reciprocal condition above ``rcond_tol``.
+      ok: ``finite`` and every pivot's reciprocal condition above ``rcond_tol``: solves are valid.
+      factor_ok: ``finite`` and every pivot but the first layer's (the last one eliminated, whose
+        inverse is never used) nonsingular: the congruence ``H + λI = Tᵀ blockdiag(Q_uu) T``
+        exists, so ``logdet`` and ``inertia`` are exact even when ``H + λI`` is singular.
       finite: no NaN or inf in the blocks, the pivots (and the solution, for a solve).
       min_rcond: the smallest reciprocal condition number ``min|eig| / max|eig|`` of any pivot.
       worst_layer: the layer whose pivot has ``min_rcond``.
@@ -56,6 +59,7 @@ class Info(NamedTuple):
     """
 
     ok: jax.Array
+    factor_ok: jax.Array
     finite: jax.Array
     min_rcond: jax.Array
     worst_layer: jax.Array
@@ -134,9 +138,22 @@ class Factorization:
 
     # -- solves ---------------------------------------------------------------------------------
 
+    def _eager_check(self, need):
+        """Outside ``jit``, refuse to return a wrong number: raise if the pivots don't allow it."""
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(self)):
+            return
+        if getattr(self, "_info", None) is None:
+            self._info = self.info()
+        raise_for(self.pipe, self._info, need=need)
+
     def solve(self, g):
-        """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params."""
+        """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params.
+
+        Outside ``jit`` this raises :class:`SingularPivotError` when a pivot is singular; under
+        ``jit`` check :meth:`info` yourself."""
         pipe = self.pipe
+        _pipeline.check_like_params(pipe, g, "g")
+        self._eager_check("solve")
         rows = self.solve_rows(_pipeline.to_rows(pipe, g))
         return _pipeline.from_rows(pipe, rows)
 
@@ -189,6 +206,7 @@ class Factorization:
 
     def logdet(self):
         """``(sign, log|det(H + λI)|)`` = the product of the pivots' signs, the sum of their logs."""
+        self._eager_check("factor")
         dt = self.pipe.dtype
         sign, logabs = jnp.ones((), dt), jnp.zeros((), dt)
         for seg, st in self._pivot_stages():
@@ -219,14 +237,15 @@ class Factorization:
     def inertia(self):
         """``(n_pos, n_neg, n_zero)`` eigenvalue counts of ``H + λI`` (Sylvester: the sum of the
         pivots' inertias). An eigenvalue counts as zero below ``rcond_tol`` relative to its pivot."""
+        self._eager_check("factor")
         tol = self.rcond_tol()
         pos = neg = zero = jnp.zeros((), jnp.int32)
         for w in self.pivot_eigvalsh():
             thr = tol * jnp.max(jnp.abs(w), axis=-1, keepdims=True)
             z = jnp.abs(w) <= thr
-            pos += jnp.sum((w > 0) & ~z)
-            neg += jnp.sum((w < 0) & ~z)
-            zero += jnp.sum(z)
+            pos += jnp.sum((w > 0) & ~z, dtype=jnp.int32)
+            neg += jnp.sum((w < 0) & ~z, dtype=jnp.int32)
+            zero += jnp.sum(z, dtype=jnp.int32)
         return pos, neg, zero
 
     def info(self) -> Info:
@@ -237,7 +256,7 @@ class Factorization:
         first_bad = jnp.array(pipe.n_layers, jnp.int32)
         for seg, blk in zip(pipe.segments, self.blocks.segments):
             ok_l = jnp.all(jnp.isfinite(blk.A), axis=(1, 2)) & jnp.all(jnp.isfinite(blk.B), axis=(1, 2))
-            idx = seg.start + jnp.argmin(ok_l)
+            idx = (seg.start + jnp.argmin(ok_l)).astype(jnp.int32)
             first_bad = jnp.where(jnp.all(ok_l), first_bad, jnp.minimum(first_bad, idx))
             finite &= jnp.all(ok_l) & jnp.all(jnp.isfinite(blk.K))
         for st in self.stages:
@@ -245,38 +264,48 @@ class Factorization:
         first_bad = jnp.where(first_bad == pipe.n_layers, -1, first_bad).astype(jnp.int32)
 
         rc = self.pivot_rcond()
-        if rc:
-            starts = [seg.start for seg, _ in self._pivot_stages()]
-            all_rc = jnp.concatenate(rc)
-            all_idx = jnp.concatenate([s + jnp.arange(r.shape[0]) for s, r in zip(starts, rc)])
-            # A singular pivot poisons every stage below it (the recursion runs backward) with
-            # NaN; those are consequences, so the culprit is the smallest *finite* rcond.
-            safe = jnp.where(jnp.isnan(all_rc), jnp.inf, all_rc)
-            i = jnp.argmin(safe)
-            min_rc, worst = safe[i], all_idx[i].astype(jnp.int32)
-        else:  # no parameters at all: nothing to solve
-            min_rc, worst = jnp.asarray(jnp.inf, pipe.dtype), jnp.array(-1, jnp.int32)
-        return Info(finite & (min_rc > tol), finite, min_rc, worst, first_bad, tol)
+        starts = [seg.start for seg, _ in self._pivot_stages()]
+        min_rc, worst = _argmin_rcond(rc, starts, pipe.dtype)
+        # The first layer's pivot is eliminated last and never inverted inside the recursion.
+        inner = [(r, s0) for r, s0 in zip(rc, starts) if s0 > 0]
+        min_inner, worst_inner = _argmin_rcond([r for r, _ in inner], [s0 for _, s0 in inner], pipe.dtype)
+        worst = jnp.where(min_inner > tol, worst, worst_inner)
+        return Info(finite & (min_rc > tol), finite & (min_inner > tol), finite, min_rc, worst, first_bad, tol)
 
-    def check(self, info: Info | None = None) -> "Factorization":
-        """Raise :class:`SingularPivotError` / :class:`NonFiniteError` if the factorisation is
-        unusable. Needs concrete values (outside ``jit``); returns ``self`` for chaining."""
-        raise_for(self.pipe, self.info() if info is None else info)
+    def check(self, need: str = "solve") -> "Factorization":
+        """Raise :class:`SingularPivotError` / :class:`NonFiniteError` unless the factorisation is
+        usable for ``need``: ``"solve"`` (every pivot nonsingular) or ``"factor"`` (``logdet`` and
+        ``inertia``). Needs concrete values (outside ``jit``); returns ``self`` for chaining."""
+        raise_for(self.pipe, self.info(), need=need)
         return self
 
 
-def raise_for(pipe, info: Info, what: str = "H + λI") -> None:
+def _argmin_rcond(rc, starts, dtype):
+    if not rc:
+        return jnp.asarray(jnp.inf, dtype), jnp.array(-1, jnp.int32)
+    all_rc = jnp.concatenate(rc)
+    all_idx = jnp.concatenate([s + jnp.arange(r.shape[0], dtype=jnp.int32) for s, r in zip(starts, rc)])
+    # A singular pivot poisons every stage below it (the recursion runs backward) with NaN;
+    # those are consequences, so the culprit is the smallest *finite* rcond.
+    safe = jnp.where(jnp.isnan(all_rc), jnp.inf, all_rc)
+    i = jnp.argmin(safe)
+    return safe[i], all_idx[i]
+
+
+def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> None:
     """Turn a (concrete) :class:`Info` into a clear exception naming the layer."""
     info = jax.tree.map(np.asarray, info)
     k = int(info.first_nonfinite_layer)
     if k >= 0:
         raise NonFiniteError(f"NaN or inf in the Jacobian blocks of {what}, first at {pipe.layer_name(k)}")
-    if not float(info.min_rcond) > float(info.rcond_tol):
+    if not bool(info.ok if need == "solve" else info.factor_ok) and bool(np.isfinite(info.min_rcond)):
         k = int(info.worst_layer)
         raise SingularPivotError(
-            f"{what} is singular or numerically singular at the stage pivot of {pipe.layer_name(k)}: "
-            f"reciprocal condition {float(info.min_rcond):.3g} <= {float(info.rcond_tol):.3g}. "
-            "Add damping, or check that every parameter of that layer affects the loss."
+            f"the stage pivot of {pipe.layer_name(k)} is singular or numerically singular "
+            f"(reciprocal condition {float(info.min_rcond):.3g} <= {float(info.rcond_tol):.3g}), so {what} "
+            "cannot be solved by the stage recursion. Either H + λI is singular, or the layer has more "
+            "parameters than its output has entries (p_l > a_l, e.g. a dense layer on a small batch), which "
+            "makes its undamped pivot singular even when H is not. Add damping (λ > 0) or use a larger batch."
         )
     if not bool(info.finite):
         raise NonFiniteError(f"NaN or inf in the second-derivative blocks, stage pivots or solution of {what}")
