@@ -61,7 +61,7 @@ def hvp(layers: Sequence, params: Sequence, z0: Any, v: Sequence) -> list:
     _pipeline.check_like_params(pipe, v, "v")
     if _is_concrete(params, z0, v):
         _check_inputs(params, z0, v=v)
-    return _hvp.pearlmutter_hvp(layers, list(params), z0, list(v))
+    return _hvp.pearlmutter_hvp(tuple(layers), list(params), z0, list(v))
 
 
 def blocks(layers: Sequence, params: Sequence, z0: Any, *, curvature: str = "hessian") -> _blocks.Blocks:

@@ -19,6 +19,7 @@ With ``curvature="ggn"`` the blocks describe the generalised Gauss-Newton matrix
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -90,8 +91,9 @@ def _u(seg, zin, row, dtype):
     return jnp.concatenate([zf, row])
 
 
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature"))
 def compute(pipe: _pipeline.Pipeline, params, z0, curvature: str = "hessian") -> Blocks:
-    """All blocks of the pipeline at ``(params, z0)``."""
+    """All blocks of the pipeline at ``(params, z0)``. Jitted: ``pipe`` is static."""
     if curvature not in ("hessian", "ggn"):
         raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
     dt = pipe.dtype

@@ -5,6 +5,8 @@ Cubic in the number of parameters: for tests, checks and small nets only.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 from jax.flatten_util import ravel_pytree
 
@@ -18,5 +20,10 @@ def hessian(layers, params, z0):
     leaf (for a :class:`~hessinv.Stack`, each stacked leaf is one leaf).
     """
     _pipeline.build(layers, params, z0)
-    flat, unravel = ravel_pytree(list(params))
+    return _hessian(tuple(layers), list(params), z0)
+
+
+@functools.partial(jax.jit, static_argnames=("layers",))
+def _hessian(layers, params, z0):
+    flat, unravel = ravel_pytree(params)
     return jax.hessian(lambda t: _pipeline.loss(layers, unravel(t), z0))(flat)

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from . import _pipeline
 
 
+@functools.partial(jax.jit, static_argnames=("layers",))
 def pearlmutter_hvp(layers, params, z0, v):
     grad = jax.grad(lambda p: _pipeline.loss(layers, p, z0))
     return jax.jvp(grad, (params,), (v,))[1]
@@ -48,6 +51,7 @@ def structured_hvp_rows(blocks, v_rows, damping=0.0):
     return [h + damping * v.astype(dt) for h, v in zip(out, v_rows)]
 
 
+@jax.jit
 def structured_hvp(blocks, v, damping=0.0):
     pipe = blocks.pipe
     return _pipeline.from_rows(pipe, structured_hvp_rows(blocks, _pipeline.to_rows(pipe, v), damping))

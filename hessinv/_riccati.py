@@ -21,6 +21,7 @@ pivots also give ``log|det|``, its sign and (Sylvester) the inertia.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -98,6 +99,7 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     return S, StageFactors(*out)
 
 
+@functools.partial(jax.jit, static_argnames=("unroll",))
 def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> "Factorization":
     dt = blocks.pipe.dtype
     lam = jnp.asarray(damping, dt)
@@ -142,20 +144,18 @@ class Factorization:
         """Outside ``jit``, refuse to return a wrong number: raise if the pivots don't allow it."""
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(self)):
             return
-        if getattr(self, "_info", None) is None:
-            self._info = self.info()
-        raise_for(self.pipe, self._info, need=need)
+        if getattr(self, "_info_cache", None) is None:
+            self._info_cache = self.info()
+        raise_for(self.pipe, self._info_cache, need=need)
 
     def solve(self, g):
         """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params.
 
         Outside ``jit`` this raises :class:`SingularPivotError` when a pivot is singular; under
         ``jit`` check :meth:`info` yourself."""
-        pipe = self.pipe
-        _pipeline.check_like_params(pipe, g, "g")
+        _pipeline.check_like_params(self.pipe, g, "g")
         self._eager_check("solve")
-        rows = self.solve_rows(_pipeline.to_rows(pipe, g))
-        return _pipeline.from_rows(pipe, rows)
+        return _solve(self, list(g))
 
     def solve_rows(self, g_rows):
         """:meth:`solve` on per-segment row matrices (the flat form)."""
@@ -199,6 +199,9 @@ class Factorization:
         """``(H + λI) v`` from the blocks; ``v`` shaped like params."""
         return self.blocks.matvec(v, self.damping)
 
+    # Each public query runs jitted (a nested jit is free under an outer one), so the eager
+    # convenience path costs one compile per pipeline, not op-by-op dispatch.
+
     # -- what the pivots tell -------------------------------------------------------------------
 
     def _pivot_stages(self):
@@ -207,6 +210,9 @@ class Factorization:
     def logdet(self):
         """``(sign, log|det(H + λI)|)`` = the product of the pivots' signs, the sum of their logs."""
         self._eager_check("factor")
+        return _logdet(self)
+
+    def _logdet(self):
         dt = self.pipe.dtype
         sign, logabs = jnp.ones((), dt), jnp.zeros((), dt)
         for seg, st in self._pivot_stages():
@@ -238,6 +244,9 @@ class Factorization:
         """``(n_pos, n_neg, n_zero)`` eigenvalue counts of ``H + λI`` (Sylvester: the sum of the
         pivots' inertias). An eigenvalue counts as zero below ``rcond_tol`` relative to its pivot."""
         self._eager_check("factor")
+        return _inertia(self)
+
+    def _inertia(self):
         tol = self.rcond_tol()
         pos = neg = zero = jnp.zeros((), jnp.int32)
         for w in self.pivot_eigvalsh():
@@ -250,6 +259,9 @@ class Factorization:
 
     def info(self) -> Info:
         """Pivot health and finiteness, as arrays (usable under ``jit``)."""
+        return _info(self)
+
+    def _info(self) -> Info:
         pipe = self.pipe
         tol = self.rcond_tol()
         finite = jnp.array(True)
@@ -278,6 +290,12 @@ class Factorization:
         ``inertia``). Needs concrete values (outside ``jit``); returns ``self`` for chaining."""
         raise_for(self.pipe, self.info(), need=need)
         return self
+
+
+_solve = jax.jit(lambda F, g: _pipeline.from_rows(F.pipe, F.solve_rows(_pipeline.to_rows(F.pipe, g))))
+_logdet = jax.jit(Factorization._logdet)
+_inertia = jax.jit(Factorization._inertia)
+_info = jax.jit(Factorization._info)
 
 
 def _argmin_rcond(rc, starts, dtype):

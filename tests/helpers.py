@@ -7,6 +7,8 @@ of that loss in the `ravel_pytree` flattening of params.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,8 +161,13 @@ def ref_hessian(layers, params, z0):
 
 
 def ref_hvp(layers, params, z0, v):
-    grad = jax.grad(lambda p: ref_loss(layers, p, z0))
-    return jax.jvp(grad, (list(params),), (list(v),))[1]
+    """Forward-over-reverse on the plain composition (Pearlmutter 1994), jitted."""
+
+    @jax.jit
+    def hvp(p, v):
+        return jax.jvp(jax.grad(lambda p: ref_loss(layers, p, z0)), (p,), (v,))[1]
+
+    return hvp(list(params), list(v))
 
 
 def flat(tree):
@@ -179,3 +186,11 @@ def like(params, seed=0, dtype=None):
 def rel_err(x, ref):
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     return np.linalg.norm(x - ref) / np.linalg.norm(ref)
+
+
+@functools.lru_cache(maxsize=None)
+def dense_case(name, dtype=jnp.float64):
+    """(layers, params, z0, H) for a named pipeline; H (float64 numpy) computed once per session."""
+    layers, params, z0 = PIPELINES[name](dtype=dtype)
+    H = jax.jit(lambda p: ref_hessian(layers, p, z0))(params)
+    return layers, params, z0, np.asarray(H, np.float64)

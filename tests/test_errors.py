@@ -1,0 +1,107 @@
+"""Numerical trouble: NaN/inf inputs and singular stage pivots raise clear errors outside jit,
+and come back as diagnostics inside it. Never a silent NaN or a wrong number."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hessinv
+from helpers import dense_tanh, like, mlp
+
+
+def unused_param_layer(z, x):
+    """``x['dead']`` never affects the loss: a zero row/column in H, so H is singular."""
+    return {"h": jnp.tanh(z["h"] @ x["W"] + x["c"]) + 0.0 * x["dead"], "y": z["y"]}
+
+
+def singular_pipeline():
+    layers, params, z0 = mlp()
+    layers[1] = unused_param_layer
+    params[1] = dict(params[1], dead=jnp.ones(()))
+    return layers, params, z0
+
+
+def test_nan_in_params_named():
+    layers, params, z0 = mlp()
+    params[1] = dict(params[1], c=params[1]["c"].at[0].set(jnp.nan))
+    with pytest.raises(hessinv.NonFiniteError, match=r"params\[1\]\['c'\] \(shape \(2,\)\) contains NaN"):
+        hessinv.ihvp(layers, params, z0, like(params))
+
+
+def test_inf_in_batch_named():
+    layers, params, z0 = mlp()
+    z0 = dict(z0, h=z0["h"].at[2, 1].set(jnp.inf))
+    with pytest.raises(hessinv.NonFiniteError, match=r"z0\['h'\]"):
+        hessinv.ihvp(layers, params, z0, like(params))
+    with pytest.raises(hessinv.NonFiniteError, match=r"z0\['h'\]"):
+        hessinv.factorize(layers, params, z0)
+
+
+def test_nan_in_rhs_named():
+    layers, params, z0 = mlp()
+    g = like(params)
+    g[2] = dict(g[2], W=g[2]["W"].at[0, 0].set(jnp.nan))
+    with pytest.raises(hessinv.NonFiniteError, match=r"g\[2\]\['W'\]"):
+        hessinv.ihvp(layers, params, z0, g)
+
+
+def test_nan_inside_jit_reported_by_info():
+    layers, params, z0 = mlp()
+    params[1] = dict(params[1], W=params[1]["W"].at[0, 0].set(jnp.nan))
+    x, info = jax.jit(lambda p: hessinv.ihvp(layers, p, z0, like(params), return_info=True))(params)
+    assert not bool(info.ok) and not bool(info.finite)
+    assert int(info.first_nonfinite_layer) == 1
+    with pytest.raises(hessinv.NonFiniteError, match=r"first at layer 1 = layers\[1\]"):
+        hessinv._riccati.raise_for(hessinv._pipeline.build(layers, params, z0), info)
+
+
+def test_singular_pivot_raises_naming_layer():
+    layers, params, z0 = singular_pipeline()
+    H = np.asarray(hessinv.hessian(layers, params, z0))
+    assert np.min(np.abs(np.linalg.eigvalsh(H))) < 1e-12  # the reference agrees H is singular
+    with pytest.raises(hessinv.SingularPivotError, match=r"stage pivot of layer 1 = layers\[1\], function 'unused_param_layer'"):
+        hessinv.ihvp(layers, params, z0, like(params))
+
+
+def test_singular_pivot_inside_jit_reported_by_info():
+    layers, params, z0 = singular_pipeline()
+    f = jax.jit(lambda p, g: hessinv.ihvp(layers, p, z0, g, return_info=True))
+    _, info = f(params, like(params))
+    assert not bool(info.ok) and int(info.worst_layer) == 1 and float(info.min_rcond) <= float(info.rcond_tol)
+    _, info = f(params, like(params)) if False else jax.jit(
+        lambda p, g: hessinv.ihvp(layers, p, z0, g, damping=0.1, return_info=True)
+    )(params, like(params))
+    assert bool(info.ok)  # damping cures it
+
+
+def test_singular_H_logdet_and_inertia():
+    """A singular H (with a nonsingular recursion up to the first layer) has an exact inertia
+    with zeros; put the dead parameter in the first layer, whose pivot is never inverted."""
+    layers, params, z0 = mlp()
+    layers[0] = unused_param_layer
+    params[0] = dict(params[0], dead=jnp.ones(()))
+    F = hessinv.factorize(layers, params, z0)
+    H = np.asarray(hessinv.hessian(layers, params, z0))
+    ev = np.linalg.eigvalsh(H)
+    tol = 1e-9 * np.abs(ev).max()
+    want = (int((ev > tol).sum()), int((ev < -tol).sum()), int((np.abs(ev) <= tol).sum()))
+    assert want[2] == 1
+    assert tuple(int(c) for c in F.inertia()) == want
+    assert bool(F.info().factor_ok) and not bool(F.info().ok)
+    with pytest.raises(hessinv.SingularPivotError, match="layer 0"):
+        F.solve(like(params))
+
+
+def test_stage_singular_but_H_not_is_refused_not_wrong():
+    """A dense layer with more parameters than outputs on a small batch has a singular undamped
+    stage pivot although H is nonsingular: refuse (solve, logdet, inertia), never a wrong number."""
+    layers, params, z0 = mlp(widths=(3, 5, 2, 4), B=4)
+    H = np.asarray(hessinv.hessian(layers, params, z0))
+    assert np.linalg.cond(H) < 1e6
+    F = hessinv.factorize(layers, params, z0)
+    for call in (lambda: F.solve(like(params)), F.logdet, F.inertia):
+        with pytest.raises(hessinv.SingularPivotError, match=r"layer 1 .*p_l > a_l"):
+            call()
+    x = hessinv.ihvp(layers, params, z0, like(params), damping=1e-2)  # damping cures it
+    assert np.all(np.isfinite(np.asarray(jax.tree.leaves(x)[0])))
