@@ -147,6 +147,8 @@ class Factorization:
         if getattr(self, "_info_cache", None) is None:
             self._info_cache = self.info()
         raise_for(self.pipe, self._info_cache, need=need)
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(self._info_cache)):
+            self._info_cache = None  # called under an outer trace: nothing concrete to keep
 
     def solve(self, g):
         """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params.
@@ -311,7 +313,11 @@ def _argmin_rcond(rc, starts, dtype):
 
 
 def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> None:
-    """Turn a (concrete) :class:`Info` into a clear exception naming the layer."""
+    """Turn a concrete :class:`Info` into a clear exception naming the layer. Under an outer
+    trace (``jit``/``vmap`` around a closed-over factorisation) there is nothing concrete to
+    check, and the caller's own ``info()`` is the diagnostic."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(info)):
+        return
     info = jax.tree.map(np.asarray, info)
     k = int(info.first_nonfinite_layer)
     if k >= 0:
