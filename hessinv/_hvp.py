@@ -43,7 +43,7 @@ def structured_hvp_rows(blocks, v_rows, damping=0.0):
         a_in = pipe.segments[j].a_in
         blk = blocks.segments[j]
 
-        def back(c, xs):
+        def back(c, xs, a_in=a_in):
             A, B, w = xs
             return A.T @ c + w[:a_in], B.T @ c + w[a_in:]
 

@@ -18,7 +18,8 @@ input block has dimension 0 (MATH.md section 3) and a wide raw input never enter
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,7 @@ def _struct(spec: _flat.Spec):
 def _eval_layer(fn, in_spec, param_spec, where: str) -> _flat.Spec:
     try:
         out = jax.eval_shape(fn, _struct(in_spec), _struct(param_spec))
-    except Exception as e:  # noqa: BLE001 - re-raised with the layer named
+    except Exception as e:
         raise PipelineError(
             f"{where} failed on activations {in_spec.describe()} and parameters "
             f"{param_spec.describe()}: {type(e).__name__}: {e}"

@@ -100,7 +100,7 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
 
 
 @functools.partial(jax.jit, static_argnames=("unroll",))
-def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> "Factorization":
+def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> Factorization:
     dt = blocks.pipe.dtype
     lam = jnp.asarray(damping, dt)
     S = jnp.zeros((1, 1), dt)  # S_L = 0 (z_L is the scalar loss)
@@ -286,7 +286,7 @@ class Factorization:
         worst = jnp.where(min_inner > tol, worst, worst_inner)
         return Info(finite & (min_rc > tol), finite & (min_inner > tol), finite, min_rc, worst, first_bad, tol)
 
-    def check(self, need: str = "solve") -> "Factorization":
+    def check(self, need: str = "solve") -> Factorization:
         """Raise :class:`SingularPivotError` / :class:`NonFiniteError` unless the factorisation is
         usable for ``need``: ``"solve"`` (every pivot nonsingular) or ``"factor"`` (``logdet`` and
         ``inertia``). Needs concrete values (outside ``jit``); returns ``self`` for chaining."""

@@ -188,7 +188,7 @@ def rel_err(x, ref):
     return np.linalg.norm(x - ref) / np.linalg.norm(ref)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dense_case(name, dtype=jnp.float64):
     """(layers, params, z0, H) for a named pipeline; H (float64 numpy) computed once per session."""
     layers, params, z0 = PIPELINES[name](dtype=dtype)

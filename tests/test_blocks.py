@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PIPELINES, flat, like, ref_loss, rel_err
 
 import hessinv
-from helpers import PIPELINES, dense_tanh, flat, like, ref_loss, rel_err
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import like, mlp
 
 import hessinv
-from helpers import dense_tanh, like, mlp
 
 
 def unused_param_layer(z, x):
@@ -49,7 +49,7 @@ def test_nan_in_rhs_named():
 def test_nan_inside_jit_reported_by_info():
     layers, params, z0 = mlp()
     params[1] = dict(params[1], W=params[1]["W"].at[0, 0].set(jnp.nan))
-    x, info = jax.jit(lambda p: hessinv.ihvp(layers, p, z0, like(params), return_info=True))(params)
+    _, info = jax.jit(lambda p: hessinv.ihvp(layers, p, z0, like(params), return_info=True))(params)
     assert not bool(info.ok) and not bool(info.finite)
     assert int(info.first_nonfinite_layer) == 1
     with pytest.raises(hessinv.NonFiniteError, match=r"first at layer 1 = layers\[1\]"):
@@ -69,9 +69,8 @@ def test_singular_pivot_inside_jit_reported_by_info():
     f = jax.jit(lambda p, g: hessinv.ihvp(layers, p, z0, g, return_info=True))
     _, info = f(params, like(params))
     assert not bool(info.ok) and int(info.worst_layer) == 1 and float(info.min_rcond) <= float(info.rcond_tol)
-    _, info = f(params, like(params)) if False else jax.jit(
-        lambda p, g: hessinv.ihvp(layers, p, z0, g, damping=0.1, return_info=True)
-    )(params, like(params))
+    damped = jax.jit(lambda p, g: hessinv.ihvp(layers, p, z0, g, damping=0.1, return_info=True))
+    _, info = damped(params, like(params))
     assert bool(info.ok)  # damping cures it
 
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PIPELINES, dense_case, flat, like, ref_hvp, rel_err
 
 import hessinv
-from helpers import PIPELINES, dense_case, flat, like, ref_hvp, rel_err
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))

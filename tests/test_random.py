@@ -4,11 +4,11 @@ damping) against the dense reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import flat, like, ref_hessian, rel_err
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import hessinv
-from helpers import flat, like, ref_hessian, rel_err
 
 ACTIVATIONS = {
     "tanh": jnp.tanh,

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PIPELINES, dense_case, flat, like, rel_err
 
 import hessinv
-from helpers import PIPELINES, dense_case, flat, like, rel_err
 
 
 def dense(name, damping, dtype=jnp.float64):
@@ -111,7 +111,7 @@ def test_grad_through_ihvp_wrt_g():
 
 
 def test_residual_via_matvec():
-    layers, params, z0, Hd = dense("stacked", 1e-3)
+    layers, params, z0, _ = dense("stacked", 1e-3)
     F = hessinv.factorize(layers, params, z0, damping=1e-3)
     g = like(params)
     r = flat(F.matvec(F.solve(g))) - flat(g)
