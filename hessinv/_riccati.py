@@ -42,6 +42,7 @@ class StageFactors(NamedTuple):
     piv: jax.Array  # (n, p) LAPACK-style row pivots
     G: jax.Array  # (n, p, a_in) the gains
     S: jax.Array  # (n, a_out, a_out) the S_l each stage was built from
+    A_cl: jax.Array  # (n, a_out, a_in) closed-loop maps A_l − B_l G_l
 
 
 class Info(NamedTuple):
@@ -77,26 +78,31 @@ def _split_K(K, a_in):
 
 
 def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
-    """Backward recursion through one segment; returns S before it and its StageFactors."""
+    """Backward recursion through one segment; returns S before it and its StageFactors.
+
+    Only the ``S`` recursion is sequential. Each step forms all of ``Q = K + Mᵀ S M`` with
+    ``M = [A_l B_l]`` in two products (``Q_zz``, ``Q_uz``, ``Q_uu`` are its blocks), factorises
+    the pivot and updates ``S``; everything else is batched over the segment outside the loop."""
     p, a_in, dt = seg.p, seg.a_in, blk.A.dtype
     eye = jnp.eye(p, dtype=dt)
+    M = jnp.concatenate([blk.A, blk.B], axis=2)  # (n, a_out, a_in + p)
 
     def step(S, xs):
-        A, B, K = xs
-        K_zz, K_zx, K_xx = _split_K(K, a_in)
-        SA, SB = S @ A, S @ B
-        Q_zz = K_zz + A.T @ SA
+        M, K = xs
+        Q = K + M.T @ (S @ M)
+        Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
             empty = jnp.zeros((0, 0), dt)
             return _sym(Q_zz), (empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), S)
-        Q_uu = _sym(K_xx + B.T @ SB) + lam * eye
-        Q_uz = K_zx.T + B.T @ SA
+        Q_uu = _sym(Q[a_in:, a_in:]) + lam * eye
+        Q_uz = Q[a_in:, :a_in]
         lu, piv, _ = jax.lax.linalg.lu(Q_uu)
         G = jsl.lu_solve((lu, piv), Q_uz)
         return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, S)
 
-    S, out = _pipeline.scan(step, S, (blk.A, blk.B, blk.K), seg.n, reverse=True, unroll=unroll)
-    return S, StageFactors(*out)
+    S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, (M, blk.K), seg.n, reverse=True, unroll=unroll)
+    A_cl = blk.A - blk.B @ G  # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
+    return S, StageFactors(Q_uu, lu, piv, G, S_l, A_cl)
 
 
 @functools.partial(jax.jit, static_argnames=("unroll",))
@@ -160,41 +166,33 @@ class Factorization:
         return _solve(self, list(g))
 
     def solve_rows(self, g_rows):
-        """:meth:`solve` on per-segment row matrices (the flat form)."""
+        """:meth:`solve` on per-segment row matrices (the flat form).
+
+        In closed-loop form the two sequential passes are one matrix-vector product per layer:
+        backward ``s_{l-1} = (A_l − B_l G_l)ᵀ s_l + G_lᵀ g_l``, forward
+        ``dz_l = (A_l − B_l G_l) dz_{l-1} − B_l k_l``; the pivot solves
+        ``k_l = Q_uu^{-1}(B_lᵀ s_l − g_l)`` and ``dx_l = −(G_l dz_{l-1} + k_l)`` are batched."""
         pipe, dt = self.pipe, self.pipe.dtype
         segs = pipe.segments
         ks = [None] * len(segs)
         s = jnp.zeros((1,), dt)  # s_L = 0
         for j in range(len(segs) - 1, -1, -1):
-            blk, st = self.blocks.segments[j], self.stages[j]
+            blk, st, g = self.blocks.segments[j], self.stages[j], g_rows[j].astype(dt)
+            Gtg = jnp.einsum("npa,np->na", st.G, g)
+            s, s_l = _pipeline.scan(lambda s, xs: (xs[0].T @ s + xs[1], s), s, (st.A_cl, Gtg), segs[j].n, reverse=True)
             if segs[j].p == 0:
-                s = _pipeline.scan(lambda s, A: (A.T @ s, None), s, blk.A, segs[j].n, reverse=True)[0]
-                continue
-
-            def back(s, xs):
-                A, B, G, lu, piv, g = xs
-                q_u = B.T @ s - g
-                return A.T @ s - G.T @ q_u, jsl.lu_solve((lu, piv), q_u)
-
-            xs = (blk.A, blk.B, st.G, st.lu, st.piv, g_rows[j].astype(dt))
-            s, ks[j] = _pipeline.scan(back, s, xs, segs[j].n, reverse=True)
+                ks[j] = jnp.zeros((segs[j].n, 0), dt)
+            else:
+                q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
+                ks[j] = jax.vmap(lambda lu, piv, q: jsl.lu_solve((lu, piv), q))(st.lu, st.piv, q_u)
 
         out = []
         dz = jnp.zeros((0,), dt)  # dz_0 = 0
         for j, seg in enumerate(segs):
             blk, st = self.blocks.segments[j], self.stages[j]
-            if seg.p == 0:
-                dz = _pipeline.scan(lambda dz, A: (A @ dz, None), dz, blk.A, seg.n)[0]
-                out.append(jnp.zeros((seg.n, 0), dt))
-                continue
-
-            def fwd(dz, xs):
-                A, B, G, k = xs
-                dx = -(G @ dz + k)
-                return A @ dz + B @ dx, dx
-
-            dz, dx = _pipeline.scan(fwd, dz, (blk.A, blk.B, st.G, ks[j]), seg.n)
-            out.append(dx)
+            Bk = jnp.einsum("nap,np->na", blk.B, ks[j])
+            dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (st.A_cl, Bk), seg.n)
+            out.append(-(jnp.einsum("npa,na->np", st.G, dz_in) + ks[j]))
         return out
 
     def matvec(self, v):
