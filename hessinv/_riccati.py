@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 
 from . import _pipeline
@@ -38,8 +37,9 @@ class StageFactors(NamedTuple):
     """Per-stage data of one segment, stacked on a leading axis of length ``n``."""
 
     Q_uu: jax.Array  # (n, p, p) the stage pivots
-    lu: jax.Array  # (n, p, p) their LU factors
-    piv: jax.Array  # (n, p) LAPACK-style row pivots
+    lu: jax.Array  # (n, p, p) their LU factors (partial pivoting)
+    piv: jax.Array  # (n, p) LAPACK-style row pivots (for the determinant's sign)
+    perm: jax.Array  # (n, p) the same row permutation as an index vector (for solves)
     G: jax.Array  # (n, p, a_in) the gains
     S: jax.Array  # (n, a_out, a_out) the S_l each stage was built from
     A_cl: jax.Array  # (n, a_out, a_in) closed-loop maps A_l − B_l G_l
@@ -73,6 +73,13 @@ def _sym(M):
     return 0.5 * (M + M.T)
 
 
+def _lu_solve(lu, perm, b):
+    """Solve with an LU factorisation ``P Q = L U`` given as ``perm`` (not LAPACK's pivots, whose
+    conversion to a permutation is a sequential loop that would run inside every stage)."""
+    y = jax.lax.linalg.triangular_solve(lu, b[perm], left_side=True, lower=True, unit_diagonal=True)
+    return jax.lax.linalg.triangular_solve(lu, y, left_side=True, lower=False)
+
+
 def _split_K(K, a_in):
     return K[:a_in, :a_in], K[:a_in, a_in:], K[a_in:, a_in:]
 
@@ -92,17 +99,17 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
         Q = K + M.T @ (S @ M)
         Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
-            empty = jnp.zeros((0, 0), dt)
-            return _sym(Q_zz), (empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), S)
+            empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
+            return _sym(Q_zz), (empty, empty, none, none, jnp.zeros((0, a_in), dt), S)
         Q_uu = _sym(Q[a_in:, a_in:]) + lam * eye
         Q_uz = Q[a_in:, :a_in]
-        lu, piv, _ = jax.lax.linalg.lu(Q_uu)
-        G = jsl.lu_solve((lu, piv), Q_uz)
-        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, S)
+        lu, piv, perm = jax.lax.linalg.lu(Q_uu)
+        G = _lu_solve(lu, perm, Q_uz)
+        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, perm, G, S)
 
-    S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, (M, blk.K), seg.n, reverse=True, unroll=unroll)
+    S, (Q_uu, lu, piv, perm, G, S_l) = _pipeline.scan(step, S, (M, blk.K), seg.n, reverse=True, unroll=unroll)
     A_cl = blk.A - blk.B @ G  # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
-    return S, StageFactors(Q_uu, lu, piv, G, S_l, A_cl)
+    return S, StageFactors(Q_uu, lu, piv, perm, G, S_l, A_cl)
 
 
 @functools.partial(jax.jit, static_argnames=("unroll",))
@@ -184,7 +191,7 @@ class Factorization:
                 ks[j] = jnp.zeros((segs[j].n, 0), dt)
             else:
                 q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
-                ks[j] = jax.vmap(lambda lu, piv, q: jsl.lu_solve((lu, piv), q))(st.lu, st.piv, q_u)
+                ks[j] = jax.vmap(lambda lu, perm, q: _lu_solve(lu, perm, q[:, None])[:, 0])(st.lu, st.perm, q_u)
 
         out = []
         dz = jnp.zeros((0,), dt)  # dz_0 = 0
