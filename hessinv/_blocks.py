@@ -133,8 +133,10 @@ def compute(pipe: _pipeline.Pipeline, params, z0, curvature: str = "hessian") ->
         else:
 
             def hess(zin, row, b, seg=seg):
+                # Reverse-over-reverse: measured ~2x faster than jax.hessian's forward-over-
+                # reverse for these small, vmapped layer functions on CPU.
                 F = _flat_layer(seg, zin, dt)
-                return jax.hessian(lambda u: b @ F(u))(_u(seg, zin, row, dt))
+                return jax.jacrev(jax.grad(lambda u: b @ F(u)))(_u(seg, zin, row, dt))
 
             K = jax.vmap(hess)(zin, rows, bs[j])
         segs.append(SegmentBlocks(A, B, bs[j], K))
