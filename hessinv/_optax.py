@@ -104,9 +104,26 @@ def _all_finite(rows):
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(r)) for r in rows]))
 
 
-def _inertia_and_info(F):
-    pos, neg, zero = F.inertia()
-    return neg, zero, F.info()
+def _pivot_health(F):
+    """``(n_neg, n_zero, min_rcond, ok)`` of ``C + λI`` from one ``eigvalsh`` per stage pivot.
+
+    The same quantities as ``F.inertia()`` and ``F.info()`` with the same thresholds, but those
+    two each recompute the pivots' eigenvalues, which on CPU costs as much as the factorisation.
+    """
+    tol = F.rcond_tol()
+    neg = zero = jnp.zeros((), jnp.int32)
+    min_rc = jnp.asarray(jnp.inf, tol.dtype)
+    finite = jnp.array(True)
+    for (_, st), w in zip(F._pivot_stages(), F.pivot_eigvalsh()):
+        aw = jnp.abs(w)
+        top = jnp.max(aw, axis=-1, keepdims=True)
+        z = aw <= tol * top
+        neg += jnp.sum((w < 0) & ~z).astype(jnp.int32)
+        zero += jnp.sum(z).astype(jnp.int32)
+        rc = jnp.where(top[..., 0] > 0, jnp.min(aw, axis=-1) / jnp.where(top[..., 0] > 0, top[..., 0], 1), 0)
+        min_rc = jnp.minimum(min_rc, jnp.min(jnp.where(jnp.isnan(rc), jnp.inf, rc)))
+        finite &= jnp.all(jnp.isfinite(st.Q_uu)) & jnp.all(jnp.isfinite(st.G))
+    return neg, zero, min_rc, finite & (min_rc > tol)
 
 
 def _check_positive(name, value, *, allow_zero=False):
@@ -238,8 +255,7 @@ def scale_by_newton(
         def solve(lam):
             F = _blocks.Blocks.factorize(blk, lam)
             d = F.solve_rows(g)
-            n_neg, n_zero, info = _inertia_and_info(F)
-            return F, d, n_neg, n_zero, info
+            return F, d, *_pivot_health(F)
 
         if mode == "trust_region":
             lam, d, n_neg, (min_rcond, ok), iters, found = _trust_region_damping(
@@ -247,8 +263,7 @@ def scale_by_newton(
             )
         else:
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            _, d, n_neg, _, info = solve(lam)
-            min_rcond, ok = info.min_rcond, info.ok
+            _, d, n_neg, _, min_rcond, ok = solve(lam)
             iters, found = jnp.ones((), jnp.int32), jnp.array(True)
 
         # The quadratic model at s = -d, with the undamped curvature C.
@@ -322,13 +337,13 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
     inf = jnp.asarray(jnp.inf, dt)
 
     def evaluate(lam):
-        F, d, n_neg, n_zero, info = solve(lam)
+        F, d, n_neg, n_zero, min_rcond, ok = solve(lam)
         nrm = jnp.sqrt(_dot(d, d))
         pd = (n_neg == 0) & (n_zero == 0) & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
         dwd = _dot(d, F.solve_rows(d))  # dᵀ(C + λI)^{-1} d = φ'(λ) ‖d‖³
         newton = lam + (nrm**2 / jnp.where(dwd > 0, dwd, 1)) * (nrm - radius) / radius
         newton = jnp.where(pd & (dwd > 0), newton, jnp.nan)
-        health = (jnp.asarray(info.min_rcond, dt), jnp.asarray(info.ok, bool))
+        health = (jnp.asarray(min_rcond, dt), jnp.asarray(ok, bool))
         return d, nrm, pd, jnp.asarray(n_neg, jnp.int32), health, newton
 
     def body(c):
