@@ -15,10 +15,10 @@ through the ratio ``ρ = (loss − trial_loss) / pred``. A step is applied only 
 the model predicts a decrease, the loss does decrease and ``ρ ≥ accept_ratio``; otherwise the
 update is exactly zero. The damping ``λ`` then adapts:
 
-* ``damping="lm"`` (Levenberg-Marquardt; Moré 1978, Nielsen 1999): ``λ`` shrinks by
-  ``decrease_factor`` when ``ρ > 0.75``, grows by ``increase_factor`` when ``ρ < 0.25`` or the
-  step is rejected, within ``[min_damping, max_damping]``. A model that is not convex
-  (``C + λI`` with a negative eigenvalue, read off the pivots' inertia) is rejected too.
+* ``damping="lm"`` (Levenberg-Marquardt; Moré 1978): ``λ`` grows by ``increase_factor`` when
+  the step is rejected or ``ρ < 0.25``, and shrinks by ``decrease_factor`` when ``ρ > 0.75`` and
+  the model is convex (``C + λI`` has no negative eigenvalue, read off the pivots' inertia),
+  within ``[min_damping, max_damping]``.
 * ``damping="trust_region"`` (Moré & Sorensen 1983): ``λ ≥ min_damping`` is chosen so that
   ``C + λI ≻ 0`` (inertia: no negative or zero eigenvalue) and ``‖d‖ ≤ radius``, with
   ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded Newton
@@ -276,10 +276,12 @@ def scale_by_newton(
         actual = loss0 - loss1
         ratio = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1), -jnp.inf)
         finite = _all_finite(d) & jnp.isfinite(loss1) & jnp.isfinite(pred)
-        accepted = found & finite & (n_neg == 0) & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
+        accepted = found & finite & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
         step_norm = jnp.sqrt(_dot(d, d))
 
-        good, bad = accepted & (ratio > 0.75), ~accepted | (ratio < 0.25)
+        # A step of a nonconvex model (C + λI indefinite) may still be taken if it decreases the
+        # loss as predicted, but it never lets λ fall: the model is not trusted until convex.
+        good, bad = accepted & (ratio > 0.75) & (n_neg == 0), ~accepted | (ratio < 0.25)
         if mode == "lm":
             lam_next = jnp.where(good, lam * decrease_factor, jnp.where(bad, lam * increase_factor, lam))
             lam_next = jnp.clip(lam_next, min_damping, max_damping)
