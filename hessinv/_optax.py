@@ -146,7 +146,7 @@ def scale_by_newton(
     init_radius: float = 1.0,
     max_radius: float = 1e6,
     tr_rtol: float = 0.1,
-    tr_max_iters: int = 20,
+    tr_max_iters: int = 10,
 ) -> optax.GradientTransformationExtraArgs:
     """Scale the gradient ``g`` by an exact, damped, safeguarded inverse curvature: ``(C + λI)^{-1} g``.
 
@@ -259,7 +259,7 @@ def scale_by_newton(
 
         if mode == "trust_region":
             lam, d, n_neg, (min_rcond, ok), iters, found = _trust_region_damping(
-                solve, g, state.radius.astype(dt), state.damping.astype(dt), min_damping, tr_rtol, tr_max_iters
+                solve, g, state.radius.astype(dt), state.damping.astype(dt), min_damping, tr_rtol, tr_max_iters, init_damping
             )
         else:
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
@@ -321,7 +321,7 @@ def scale_by_newton(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iters):
+def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iters, lam_scale):
     """Find ``λ ≥ min_damping`` with ``C + λI ≻ 0`` and ``(1 − rtol) Δ ≤ ‖d(λ)‖ ≤ Δ``
     (or ``‖d(min_damping)‖ ≤ Δ``), by a safeguarded Newton iteration on ``φ(λ) = 1/Δ − 1/‖d(λ)‖``
     (Moré & Sorensen 1983): ``λ⁺ = λ + (‖d‖² / dᵀ(C + λI)^{-1} d) (‖d‖ − Δ)/Δ``, kept inside the
@@ -335,7 +335,7 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
     """
     dt = radius.dtype
     lam_min = jnp.asarray(min_damping, dt)
-    lam_ref = jnp.maximum(lam_ref, jnp.maximum(lam_min, jnp.asarray(1e-6, dt)))
+    lam_ref = jnp.maximum(lam_ref, lam_min)
     inf = jnp.asarray(jnp.inf, dt)
 
     def evaluate(lam):
@@ -349,26 +349,32 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
         return d, nrm, pd, jnp.asarray(n_neg, jnp.int32), health, newton
 
     def body(c):
-        it, lam, lo, hi, best, _ = c
+        it, lam, lo, hi, best, _, tried_min = c
         d, nrm, pd, n_neg, health, newton = evaluate(lam)
         feasible = pd & (nrm <= radius)
-        done = feasible & ((nrm >= (1 - rtol) * radius) | (lam <= lam_min))
+        at_min = lam <= lam_min
+        done = feasible & ((nrm >= (1 - rtol) * radius) | at_min)
+        tried_min = tried_min | at_min
         lo = jnp.where(feasible, lo, jnp.maximum(lo, lam))
         hi = jnp.where(feasible, jnp.minimum(hi, lam), hi)
         # Keep the feasible iterate with the longest step (the one nearest the boundary).
         take = feasible & (nrm > best[2])
         best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, n_neg, health), best)
-        if_no_hi = jnp.maximum(10 * lo, lam_ref)
+        if_no_hi = jnp.maximum(10 * lo, jnp.where(lam_ref > lam_min, lam_ref, lam_scale))
         bisect = jnp.where(lo > 0, jnp.sqrt(lo * hi), 0.1 * hi)
         bisect = jnp.where(jnp.isfinite(hi), bisect, if_no_hi)
         inside = jnp.isfinite(newton) & (newton > lo) & (newton < hi)
-        return it + 1, jnp.where(inside, newton, bisect), lo, hi, best, done
+        # The Newton iterate falling below λ_min means ‖d(λ)‖ = Δ has no root above it: the
+        # plain step at λ_min is the answer if it is feasible, so try it (once).
+        below = jnp.isfinite(newton) & (newton <= lam_min) & ~tried_min
+        nxt = jnp.where(below, lam_min, jnp.where(inside, newton, bisect))
+        return it + 1, nxt, lo, hi, best, done, tried_min
 
     zero = jnp.zeros((), dt)
     best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, jnp.zeros((), jnp.int32), (zero, jnp.array(False)))
-    # The first iterate is λ = min_damping: the plain (Newton) step, taken if it is feasible.
-    c0 = (jnp.zeros((), jnp.int32), lam_min, zero, inf, best0, jnp.array(False))
-    iters, _, _, _, (lam, d, nrm, n_neg, health), _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
+    # Warm start at the previous step's λ: from there the iteration usually takes 2-3 factorisations.
+    c0 = (jnp.zeros((), jnp.int32), lam_ref, lam_min, inf, best0, jnp.array(False), jnp.array(False))
+    iters, _, _, _, (lam, d, nrm, n_neg, health), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
     return lam, d, n_neg, health, iters, nrm >= 0
 
 

@@ -406,7 +406,8 @@ def test_trust_region_takes_the_plain_newton_step_inside_the_radius():
     state = (_ns(state)._replace(radius=big),) + state[1:]
     new, _, state = _step(layers, params, state, z0, **TR_KW)
     s = _ns(state)
-    assert bool(s.info.accepted) and float(s.info.damping) == 0.0 and int(s.info.iterations) == 1
+    # From the warm start λ = init_damping the search finds no boundary root and tries λ = 0.
+    assert bool(s.info.accepted) and float(s.info.damping) == 0.0 and int(s.info.iterations) <= 3
     np.testing.assert_allclose(_flat(new), x_star, rtol=1e-10)
 
 
