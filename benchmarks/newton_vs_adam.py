@@ -6,6 +6,9 @@ w -> w tanh layers (a :class:`hessinv.Stack`), w -> 10 logits, then a parameter-
 cross-entropy layer (the generalised Gauss-Newton needs the loss as its own layer). Every method
 trains the same model from the same initial parameters on the same batch.
 
+Wall-clock is what the comparison is about; the process CPU time (all threads) is recorded
+too, because on a shared machine the wall-clock of one run depends on the other jobs.
+
 Every step is a jitted function ``(params, state, batch) -> (params, state, loss, acc)``; its
 first call (compilation) is timed separately and excluded from the wall-clock curves. Then the
 usual optax loop runs step by step, with ``block_until_ready`` after each step, until the loss
@@ -107,24 +110,35 @@ def run(layers, params, batch, opt, *, second_order, target, max_steps, max_seco
     t0 = time.perf_counter()
     compiled = step.lower(params, state, batch).compile()
     compile_s = time.perf_counter() - t0
-    losses, accs, times, extra = [], [], [0.0], []
-    elapsed = 0.0
+    losses, accs, times, cpu_times, extra = [], [], [0.0], [0.0], []
+    elapsed = cpu_elapsed = 0.0
     for k in range(max_steps + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         new_params, new_state, loss, acc = jax.block_until_ready(compiled(params, state, batch))
-        dt = time.perf_counter() - t
+        dt, dc = time.perf_counter() - t, time.process_time() - c
         # loss/acc are at `params`, i.e. after k steps (at cumulative time times[k]).
         losses.append(float(loss))
         accs.append(float(acc))
         if second_order:
             info = optax.tree_utils.tree_get(new_state, "info")
-            extra.append(dict(damping=float(info.damping), ratio=float(info.ratio), accepted=bool(info.accepted)))
+            extra.append(
+                dict(
+                    damping=float(info.damping),
+                    ratio=float(info.ratio),
+                    accepted=bool(info.accepted),
+                    factorisations=int(info.iterations),
+                    n_neg=int(info.n_neg),
+                    min_rcond=float(info.min_rcond),
+                )
+            )
         if not np.isfinite(losses[-1]) or losses[-1] <= target or k == max_steps or elapsed + dt > max_seconds:
             break
         params, state = new_params, new_state
         elapsed += dt
+        cpu_elapsed += dc
         times.append(elapsed)
-    times = times[: len(losses)]
+        cpu_times.append(cpu_elapsed)
+    times, cpu_times = times[: len(losses)], cpu_times[: len(losses)]
     hit = [i for i, v in enumerate(losses) if v <= target]
     hit_acc = [i for i, a in enumerate(accs) if a >= 1.0]
     # Keep the JSON small: every step up to 500, then every 10th, and the marked ones.
@@ -136,12 +150,15 @@ def run(layers, params, batch, opt, *, second_order, target, max_steps, max_seco
         loss=[losses[i] for i in keep],
         acc=[accs[i] for i in keep],
         time=[times[i] for i in keep],
+        cpu_time=[cpu_times[i] for i in keep],
         final_loss=losses[-1],
         steps_to_target=hit[0] if hit else None,
         time_to_target=times[hit[0]] if hit else None,
+        cpu_time_to_target=cpu_times[hit[0]] if hit else None,
         steps_to_acc1=hit_acc[0] if hit_acc else None,
         time_to_acc1=times[hit_acc[0]] if hit_acc else None,
         sec_per_step=(times[-1] / (len(times) - 1)) if len(times) > 1 else None,
+        cpu_sec_per_step=(cpu_times[-1] / (len(cpu_times) - 1)) if len(cpu_times) > 1 else None,
     )
     if extra:
         out["diagnostics"] = extra
@@ -165,10 +182,18 @@ def main():
     ap.add_argument("--first-order-steps", type=int, default=20000)
     ap.add_argument("--first-order-seconds", type=float, default=8.0)
     ap.add_argument("--second-order-steps", type=int, default=200)
-    ap.add_argument("--second-order-seconds", type=float, default=60.0)
+    ap.add_argument("--second-order-seconds", type=float, default=45.0)
     ap.add_argument("--adam-lrs", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2])
     ap.add_argument("--sgd-lrs", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2, 1e-1])
-    ap.add_argument("--init-damping", type=float, default=1.0)
+    ap.add_argument(
+        "--second-order",
+        nargs="*",
+        default=["newton_lm", "gauss_newton_lm", "gauss_newton_tr"],
+        choices=["newton_lm", "newton_tr", "gauss_newton_lm", "gauss_newton_tr"],
+        help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping (lm, tr)",
+    )
+    ap.add_argument("--init-damping", type=float, default=1.0, help="LM's initial λ")
+    ap.add_argument("--init-radius", type=float, default=1.0, help="the trust region's initial radius")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args()
@@ -182,10 +207,16 @@ def main():
     fo = dict(second_order=False, target=args.target, max_steps=args.first_order_steps, max_seconds=args.first_order_seconds)
 
     results = {}
-    for name, curvature in [("newton", "hessian"), ("gauss_newton", "ggn")]:
-        opt = hessinv.optax.newton(layers, curvature=curvature, damping="lm", init_damping=args.init_damping)
+    for name in args.second_order:
+        method, damping = name.rsplit("_", 1)
+        settings = dict(curvature="ggn" if method == "gauss_newton" else "hessian", learning_rate=1.0)
+        if damping == "lm":
+            settings |= dict(damping="lm", init_damping=args.init_damping)
+        else:
+            settings |= dict(damping="trust_region", init_radius=args.init_radius)
+        opt = hessinv.optax.newton(layers, **settings)
         r = run(layers, params, batch, opt, **so)
-        r["settings"] = dict(curvature=curvature, damping="lm", init_damping=args.init_damping, learning_rate=1.0)
+        r["settings"] = settings
         results[name] = r
         print(_summary(name, r), flush=True)
 
@@ -217,7 +248,10 @@ def main():
         optax=optax.__version__,
         hessinv=hessinv.__version__,
         config=vars(args) | {"n_params": int(n_params), "out": None},
-        note="wall-clock on a shared, noisy machine; compile time excluded from the curves and reported as compile_s",
+        note=(
+            "wall-clock on a shared, noisy machine (other jobs ran; see load_average_at_end); compile time excluded "
+            "from the curves and reported as compile_s; cpu_time is this process's CPU time over all threads"
+        ),
     )
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"newton_vs_adam_{dev.platform}")
@@ -246,19 +280,20 @@ def plot(results, meta, path):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for name, r in results.items():
         label = name + (f" (lr {r['settings']['learning_rate']:g})" if name in ("adam", "sgd_momentum") else "")
+        ls = "-" if name in ("adam", "sgd_momentum") else "--"
         loss = np.maximum(np.asarray(r["loss"]), 1e-8)
-        a1.plot(np.maximum(np.asarray(r["step"]), 0.8), loss, label=label)
-        a2.plot(np.maximum(np.asarray(r["time"]), 1e-3), loss, label=label)
+        a1.plot(np.maximum(np.asarray(r["step"]), 0.8), loss, ls, label=label)
+        a2.plot(np.maximum(np.asarray(r["time"]), 1e-3), loss, ls, label=label)
     target = meta["config"]["target"]
     for a in (a1, a2):
         a.axhline(target, color="gray", ls=":", lw=1)
         a.set_yscale("log")
         a.set_ylabel("training loss (fixed batch)")
-        a.legend()
+        a.legend(fontsize=8, loc="lower left")
     a1.set_xscale("log")
     a1.set_xlabel("step (step 0 drawn at 0.8)")
     a2.set_xscale("log")
-    a2.set_xlabel("wall-clock seconds (compile excluded)")
+    a2.set_xlabel("wall-clock seconds (compile excluded; t=0 drawn at 1e-3)")
     c = meta["config"]
     fig.suptitle(
         f"digits, batch {c['batch']}, tanh MLP width {c['width']}, depth {c['depth']}+2; "

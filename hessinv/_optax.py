@@ -22,8 +22,8 @@ update is exactly zero. The damping ``λ`` then adapts:
 * ``damping="trust_region"`` (Moré & Sorensen 1983): ``λ ≥ min_damping`` is chosen so that
   ``C + λI ≻ 0`` (inertia: no negative or zero eigenvalue) and ``‖d‖ ≤ radius``, with
   ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded Newton
-  iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop`` (one factorisation of the same blocks
-  per iterate). The radius shrinks on ``ρ < 0.25`` or rejection and grows on ``ρ > 0.75`` at
+  iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous step's
+  ``λ`` (one factorisation of the same blocks per iterate). The radius shrinks on ``ρ < 0.25`` or rejection and grows on ``ρ > 0.75`` at
   the boundary.
 * a float: a fixed ``λ`` (``0.0`` is the plain Newton step), still safeguarded.
 
