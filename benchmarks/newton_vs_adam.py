@@ -142,7 +142,12 @@ def run(layers, params, batch, opt, *, second_order, target, max_steps, max_seco
     hit = [i for i, v in enumerate(losses) if v <= target]
     hit_acc = [i for i, a in enumerate(accs) if a >= 1.0]
     # Keep the JSON small: every step up to 500, then every 10th, and the marked ones.
-    keep = sorted(set(range(min(len(losses), 500))) | set(range(500, len(losses), 10)) | {len(losses) - 1} | set(hit[:1] + hit_acc[:1]))
+    keep = sorted(
+        set(range(min(len(losses), 500)))
+        | set(range(500, len(losses), 10))
+        | {len(losses) - 1}
+        | set(hit[:1] + hit_acc[:1])
+    )
     out = dict(
         compile_s=compile_s,
         steps=len(losses) - 1,
@@ -201,10 +206,16 @@ def main():
     batch = load_batch(args.batch, args.seed)
     layers, params = make_model(args.width, args.depth, args.seed)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    print(f"batch {args.batch}, width {args.width}, depth {args.depth} hidden (+ input and logits layers), {n_params} params")
+    print(
+        f"batch {args.batch}, width {args.width}, depth {args.depth} hidden (+ input and logits layers), {n_params} params"
+    )
     print(f"initial loss {float(hessinv.loss(layers, params, batch)):.4f}, target {args.target}")
-    so = dict(second_order=True, target=args.target, max_steps=args.second_order_steps, max_seconds=args.second_order_seconds)
-    fo = dict(second_order=False, target=args.target, max_steps=args.first_order_steps, max_seconds=args.first_order_seconds)
+    so = dict(
+        second_order=True, target=args.target, max_steps=args.second_order_steps, max_seconds=args.second_order_seconds
+    )
+    fo = dict(
+        second_order=False, target=args.target, max_steps=args.first_order_steps, max_seconds=args.first_order_seconds
+    )
 
     results = {}
     for name in args.second_order:

@@ -33,7 +33,8 @@ Diagnostics live in the state (:class:`NewtonInfo`); read them with
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -205,7 +206,9 @@ def scale_by_newton(
     _check_positive("init_damping", init_damping)
     _check_positive("min_damping", min_damping, allow_zero=True)
     if not max_damping >= max(min_damping, init_damping if mode == "lm" else 0.0):
-        raise ValueError(f"need min_damping <= init_damping <= max_damping, got {min_damping}, {init_damping}, {max_damping}")
+        raise ValueError(
+            f"need min_damping <= init_damping <= max_damping, got {min_damping}, {init_damping}, {max_damping}"
+        )
     if not increase_factor > 1:
         raise ValueError(f"increase_factor must be > 1, got {increase_factor}")
     if not 0 < decrease_factor < 1:
@@ -259,7 +262,14 @@ def scale_by_newton(
 
         if mode == "trust_region":
             lam, d, n_neg, (min_rcond, ok), iters, found = _trust_region_damping(
-                solve, g, state.radius.astype(dt), state.damping.astype(dt), min_damping, tr_rtol, tr_max_iters, init_damping
+                solve,
+                g,
+                state.radius.astype(dt),
+                state.damping.astype(dt),
+                min_damping,
+                tr_rtol,
+                tr_max_iters,
+                init_damping,
             )
         else:
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
@@ -374,7 +384,9 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
     best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, jnp.zeros((), jnp.int32), (zero, jnp.array(False)))
     # Warm start at the previous step's λ: from there the iteration usually takes 2-3 factorisations.
     c0 = (jnp.zeros((), jnp.int32), lam_ref, lam_min, inf, best0, jnp.array(False), jnp.array(False))
-    iters, _, _, _, (lam, d, nrm, n_neg, health), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
+    iters, _, _, _, (lam, d, nrm, n_neg, health), _, _ = jax.lax.while_loop(
+        lambda c: (c[0] < max_iters) & ~c[5], body, c0
+    )
     return lam, d, n_neg, health, iters, nrm >= 0
 
 

@@ -50,7 +50,11 @@ def quadratic_problem(seed):
     """A strictly convex quadratic in the params: ridge-regularised linear regression in 3 layers."""
     k = jax.random.split(jax.random.PRNGKey(seed), 5)
     X, Y = jax.random.normal(k[0], (6, 3)), jax.random.normal(k[1], (6, 2))
-    params = [dict(W=jax.random.normal(k[2], (3, 2)), b=jax.random.normal(k[3], (2,))), jax.random.normal(k[4], (2,)), jnp.ones(2)]
+    params = [
+        dict(W=jax.random.normal(k[2], (3, 2)), b=jax.random.normal(k[3], (2,))),
+        jax.random.normal(k[4], (2,)),
+        jnp.ones(2),
+    ]
     return QUAD, params, (X, Y)
 
 
@@ -110,7 +114,11 @@ def indefinite_problem(seed=0):
     """A net whose Hessian at the start has many negative eigenvalues."""
     k = jax.random.split(jax.random.PRNGKey(seed), 3)
     z0 = jax.random.normal(k[0], (5, 3))
-    params = [dict(W=0.5 * jax.random.normal(k[1], (3, 4)), b=jnp.zeros(4)), 0.5 * jax.random.normal(k[2], (4, 4)), jnp.ones(2)]
+    params = [
+        dict(W=0.5 * jax.random.normal(k[1], (3, 4)), b=jnp.zeros(4)),
+        0.5 * jax.random.normal(k[2], (4, 4)),
+        jnp.ones(2),
+    ]
     return INDEF, params, z0
 
 
@@ -207,7 +215,9 @@ def test_newton_converges_quadratically_near_a_strict_minimum():
     assert float(_loss(layers, x_star_tree, z0)) == 0.0
     assert np.linalg.eigvalsh(np.asarray(_hessian(layers, x_star_tree, z0))).min() > 0.1
     x_star = _flat(x_star_tree)
-    params = jax.tree.map(lambda a, k: a + 0.03 * jax.random.normal(k, a.shape, a.dtype), x_star_tree, _keys_like(x_star_tree))
+    params = jax.tree.map(
+        lambda a, k: a + 0.03 * jax.random.normal(k, a.shape, a.dtype), x_star_tree, _keys_like(x_star_tree)
+    )
     state = _init(layers, params, damping=0.0)
     errs = [float(jnp.linalg.norm(_flat(params) - x_star))]
     for _ in range(5):
@@ -362,7 +372,7 @@ def test_trust_region_step_is_within_the_radius(radius):
     state = _init(layers, params, **TR_KW)
     state = (_ns(state)._replace(radius=jnp.asarray(radius)),) + state[1:]
     g = _grad(layers, params, z0)
-    new, updates, state = _step(layers, params, state, z0, **TR_KW)
+    _, updates, state = _step(layers, params, state, z0, **TR_KW)
     info = _ns(state).info
     d = -_flat(updates)
     assert float(info.step_norm) <= radius * (1 + 1e-12)
@@ -441,7 +451,9 @@ def test_works_inside_optax_chain():
     chained = optax.chain(optax.identity(), scale_by_newton(layers, **kw), optax.scale(-0.5))
     assert isinstance(chained, optax.GradientTransformationExtraArgs)
     g = _grad(layers, params, z0)
-    u_ch, s_ch = jax.jit(lambda g, s, p, z0: chained.update(g, s, p, z0=z0, unused=3))(g, chained.init(params), params, z0)
+    u_ch, s_ch = jax.jit(lambda g, s, p, z0: chained.update(g, s, p, z0=z0, unused=3))(
+        g, chained.init(params), params, z0
+    )
     _, u_ref, _ = _step(layers, params, _init(layers, params, **kw), z0, **kw)  # newton(..., learning_rate=1)
     np.testing.assert_allclose(_flat(u_ch), 0.5 * _flat(u_ref), rtol=1e-12)
     # The diagnostics are found by name in any chain.
