@@ -242,6 +242,8 @@ def main():
             print(_summary(f"  {name} lr={lr:g}", r), flush=True)
             if best is None or _better(r, best[1]):
                 best = (lr, r)
+        if best is None:  # an empty grid: method skipped
+            continue
         lr, r = best
         r["settings"] = dict(learning_rate=lr, grid=grid, **({"momentum": 0.9} if name.startswith("sgd") else {}))
         results[name] = r

@@ -57,7 +57,7 @@ class NewtonInfo(NamedTuple):
       accepted: whether the step was applied (otherwise the update was zero).
       damping: the ``λ`` the step was computed with.
       step_norm: ``‖d‖`` of the trial step.
-      n_neg: negative eigenvalues of ``C + λI`` (from the stage pivots' inertia).
+      n_neg: negative eigenvalues of ``C + λI`` at the ``λ`` used (the stage pivots' inertia).
       min_rcond: smallest reciprocal condition number of any stage pivot.
       ok: the factorisation was finite with every pivot above the condition threshold.
       iterations: factorisations done this step (more than one only for the trust region).
@@ -105,17 +105,27 @@ def _all_finite(rows):
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(r)) for r in rows]))
 
 
-def _pivot_health(F):
+def _pivots(F):
+    """The stage pivots ``Q_uu,l`` of a factorisation, one ``(n, p, p)`` stack per segment with ``p > 0``."""
+    return [st.Q_uu for _, st in F._pivot_stages()]
+
+
+def _positive_definite(pivots):
+    """``C + λI ≻ 0`` iff every stage pivot is (MATH.md section 3): one Cholesky per pivot, far
+    cheaper (and, on a shared CPU, far steadier) than their eigenvalues."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(jnp.linalg.cholesky(Q))) for Q in pivots]))
+
+
+def _pivot_health(pivots, tol):
     """``(n_neg, n_zero, min_rcond, ok)`` of ``C + λI`` from one ``eigvalsh`` per stage pivot.
 
-    The same quantities as ``F.inertia()`` and ``F.info()`` with the same thresholds, but those
+    The same quantities and thresholds as ``Factorization.inertia()`` and ``.info()``, but those
     two each recompute the pivots' eigenvalues, which on CPU costs as much as the factorisation.
     """
-    tol = F.rcond_tol()
     neg = zero = jnp.zeros((), jnp.int32)
     min_rc = jnp.asarray(jnp.inf, tol.dtype)
     finite = jnp.array(True)
-    for (_, st), w in zip(F._pivot_stages(), F.pivot_eigvalsh()):
+    for w in [jnp.linalg.eigvalsh(Q) for Q in pivots]:
         aw = jnp.abs(w)
         top = jnp.max(aw, axis=-1, keepdims=True)
         z = aw <= tol * top
@@ -123,7 +133,7 @@ def _pivot_health(F):
         zero += jnp.sum(z).astype(jnp.int32)
         rc = jnp.where(top[..., 0] > 0, jnp.min(aw, axis=-1) / jnp.where(top[..., 0] > 0, top[..., 0], 1), 0)
         min_rc = jnp.minimum(min_rc, jnp.min(jnp.where(jnp.isnan(rc), jnp.inf, rc)))
-        finite &= jnp.all(jnp.isfinite(st.Q_uu)) & jnp.all(jnp.isfinite(st.G))
+        finite &= jnp.all(jnp.isfinite(w))
     return neg, zero, min_rc, finite & (min_rc > tol)
 
 
@@ -257,11 +267,11 @@ def scale_by_newton(
 
         def solve(lam):
             F = _blocks.Blocks.factorize(blk, lam)
-            d = F.solve_rows(g)
-            return F, d, *_pivot_health(F)
+            return F, F.solve_rows(g)
 
+        tol = jnp.asarray(max([seg.p for seg in pipe.segments] + [1]) * jnp.finfo(dt).eps, dt)  # as Factorization
         if mode == "trust_region":
-            lam, d, n_neg, (min_rcond, ok), iters, found = _trust_region_damping(
+            lam, d, pivots, iters, found = _trust_region_damping(
                 solve,
                 g,
                 state.radius.astype(dt),
@@ -270,11 +280,15 @@ def scale_by_newton(
                 tr_rtol,
                 tr_max_iters,
                 init_damping,
+                [(seg.n, seg.p, seg.p) for seg in pipe.segments if seg.p > 0],
             )
         else:
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            _, d, n_neg, _, min_rcond, ok = solve(lam)
+            F, d = solve(lam)
+            pivots = _pivots(F)
             iters, found = jnp.ones((), jnp.int32), jnp.array(True)
+
+        n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
 
         # The quadratic model at s = -d, with the undamped curvature C.
         Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
@@ -331,17 +345,18 @@ def scale_by_newton(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iters, lam_scale):
+def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iters, lam_scale, pivot_shapes):
     """Find ``λ ≥ min_damping`` with ``C + λI ≻ 0`` and ``(1 − rtol) Δ ≤ ‖d(λ)‖ ≤ Δ``
     (or ``‖d(min_damping)‖ ≤ Δ``), by a safeguarded Newton iteration on ``φ(λ) = 1/Δ − 1/‖d(λ)‖``
     (Moré & Sorensen 1983): ``λ⁺ = λ + (‖d‖² / dᵀ(C + λI)^{-1} d) (‖d‖ − Δ)/Δ``, kept inside the
     bracket ``(lo, hi)`` of infeasible / feasible dampings, else bisected on ``log λ``.
 
-    Positive definiteness is read off the inertia of the stage pivots (Sylvester's law), so a
-    ``λ`` is only accepted once ``C + λI`` has no negative or zero eigenvalue.
+    Positive definiteness is read off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with
+    ``T`` unit block-triangular, so (Sylvester) ``C + λI ≻ 0`` iff every pivot has a Cholesky
+    factor. A ``λ`` is only accepted then.
 
-    Returns ``(λ, d, n_neg, (min_rcond, ok), iterations, found)``; ``found`` is False when no
-    feasible ``λ`` was met within ``max_iters`` factorisations (the step is then rejected).
+    Returns ``(λ, d, pivots, iterations, found)``; ``found`` is False when no feasible ``λ`` was
+    met within ``max_iters`` factorisations (the step is then rejected).
     """
     dt = radius.dtype
     lam_min = jnp.asarray(min_damping, dt)
@@ -349,18 +364,18 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
     inf = jnp.asarray(jnp.inf, dt)
 
     def evaluate(lam):
-        F, d, n_neg, n_zero, min_rcond, ok = solve(lam)
+        F, d = solve(lam)
+        pivots = _pivots(F)
         nrm = jnp.sqrt(_dot(d, d))
-        pd = (n_neg == 0) & (n_zero == 0) & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
+        pd = _positive_definite(pivots) & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
         dwd = _dot(d, F.solve_rows(d))  # dᵀ(C + λI)^{-1} d = φ'(λ) ‖d‖³
         newton = lam + (nrm**2 / jnp.where(dwd > 0, dwd, 1)) * (nrm - radius) / radius
         newton = jnp.where(pd & (dwd > 0), newton, jnp.nan)
-        health = (jnp.asarray(min_rcond, dt), jnp.asarray(ok, bool))
-        return d, nrm, pd, jnp.asarray(n_neg, jnp.int32), health, newton
+        return d, nrm, pd, pivots, newton
 
     def body(c):
         it, lam, lo, hi, best, _, tried_min = c
-        d, nrm, pd, n_neg, health, newton = evaluate(lam)
+        d, nrm, pd, pivots, newton = evaluate(lam)
         feasible = pd & (nrm <= radius)
         at_min = lam <= lam_min
         done = feasible & ((nrm >= (1 - rtol) * radius) | at_min)
@@ -369,7 +384,7 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
         hi = jnp.where(feasible, jnp.minimum(hi, lam), hi)
         # Keep the feasible iterate with the longest step (the one nearest the boundary).
         take = feasible & (nrm > best[2])
-        best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, n_neg, health), best)
+        best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, pivots), best)
         if_no_hi = jnp.maximum(10 * lo, jnp.where(lam_ref > lam_min, lam_ref, lam_scale))
         bisect = jnp.where(lo > 0, jnp.sqrt(lo * hi), 0.1 * hi)
         bisect = jnp.where(jnp.isfinite(hi), bisect, if_no_hi)
@@ -380,14 +395,11 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
         nxt = jnp.where(below, lam_min, jnp.where(inside, newton, bisect))
         return it + 1, nxt, lo, hi, best, done, tried_min
 
-    zero = jnp.zeros((), dt)
-    best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, jnp.zeros((), jnp.int32), (zero, jnp.array(False)))
+    best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, [jnp.zeros(s, dt) for s in pivot_shapes])
     # Warm start at the previous step's λ: from there the iteration usually takes 2-3 factorisations.
     c0 = (jnp.zeros((), jnp.int32), lam_ref, lam_min, inf, best0, jnp.array(False), jnp.array(False))
-    iters, _, _, _, (lam, d, nrm, n_neg, health), _, _ = jax.lax.while_loop(
-        lambda c: (c[0] < max_iters) & ~c[5], body, c0
-    )
-    return lam, d, n_neg, health, iters, nrm >= 0
+    iters, _, _, _, (lam, d, nrm, pivots), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
+    return lam, d, pivots, iters, nrm >= 0
 
 
 def newton(
