@@ -17,10 +17,11 @@ update is exactly zero. The damping ``λ`` then adapts:
 
 * ``damping="lm"`` (Levenberg-Marquardt; Moré 1978): ``λ`` grows by ``increase_factor`` when
   the step is rejected or ``ρ < 0.25``, and shrinks by ``decrease_factor`` when ``ρ > 0.75`` and
-  the model is convex (``C + λI`` has no negative eigenvalue, read off the pivots' inertia),
-  within ``[min_damping, max_damping]``.
+  the model is convex, within ``[min_damping, max_damping]``. Convexity, ``C + λI ≻ 0``, is read
+  off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with ``T`` unit block-triangular,
+  so by Sylvester's law of inertia it holds iff every pivot has a Cholesky factor.
 * ``damping="trust_region"`` (Moré & Sorensen 1983): ``λ ≥ min_damping`` is chosen so that
-  ``C + λI ≻ 0`` (inertia: no negative or zero eigenvalue) and ``‖d‖ ≤ radius``, with
+  ``C + λI ≻ 0`` (every pivot has a Cholesky factor) and ``‖d‖ ≤ radius``, with
   ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded Newton
   iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous step's
   ``λ`` (one factorisation of the same blocks per iterate). The radius shrinks on ``ρ < 0.25`` or rejection and grows on ``ρ > 0.75`` at
@@ -57,9 +58,13 @@ class NewtonInfo(NamedTuple):
       accepted: whether the step was applied (otherwise the update was zero).
       damping: the ``λ`` the step was computed with.
       step_norm: ``‖d‖`` of the trial step.
-      n_neg: negative eigenvalues of ``C + λI`` at the ``λ`` used (the stage pivots' inertia).
-      min_rcond: smallest reciprocal condition number of any stage pivot.
-      ok: the factorisation was finite with every pivot above the condition threshold.
+      positive_definite: ``C + λI ≻ 0`` at the ``λ`` used (Cholesky of every stage pivot).
+      n_neg: negative eigenvalues of ``C + λI`` (the stage pivots' inertia) with ``inertia=True``;
+        otherwise 0 when positive definite and -1 (not counted) when not.
+      min_rcond: smallest reciprocal condition number of any stage pivot: exact (eigenvalues)
+        with ``inertia=True``, else the Cholesky estimate ``(min L_ii / max L_ii)²`` (0 when
+        not positive definite).
+      ok: finite, with every pivot's ``min_rcond`` above ``max(p_l)·eps``.
       iterations: factorisations done this step (more than one only for the trust region).
     """
 
@@ -70,6 +75,7 @@ class NewtonInfo(NamedTuple):
     accepted: jax.Array
     damping: jax.Array
     step_norm: jax.Array
+    positive_definite: jax.Array
     n_neg: jax.Array
     min_rcond: jax.Array
     ok: jax.Array
@@ -110,10 +116,25 @@ def _pivots(F):
     return [st.Q_uu for _, st in F._pivot_stages()]
 
 
-def _positive_definite(pivots):
-    """``C + λI ≻ 0`` iff every stage pivot is (MATH.md section 3): one Cholesky per pivot, far
-    cheaper (and, on a shared CPU, far steadier) than their eigenvalues."""
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(jnp.linalg.cholesky(Q))) for Q in pivots]))
+def _cholesky_health(pivots):
+    """``(positive_definite, rcond_estimate)`` from one Cholesky per stage pivot.
+
+    ``C + λI ≻ 0`` iff every stage pivot is (MATH.md section 3), i.e. iff every pivot has a
+    Cholesky factor ``L``. ``(min L_ii / max L_ii)²`` estimates the pivot's reciprocal condition
+    (it bounds it from above); 0 for a pivot that is not positive definite. On CPU this is far
+    cheaper, and on a shared machine far steadier, than the pivots' eigenvalues.
+    """
+    pd = jnp.array(True)
+    est = None
+    for Q in pivots:
+        L = jnp.linalg.cholesky(Q)
+        ok = jnp.all(jnp.isfinite(L), axis=(-2, -1))
+        dg = jnp.abs(jnp.diagonal(L, axis1=-2, axis2=-1))
+        top = jnp.max(dg, axis=-1)
+        rc = jnp.where(ok & (top > 0), (jnp.min(dg, axis=-1) / jnp.where(top > 0, top, 1)) ** 2, 0)
+        pd &= jnp.all(ok)
+        est = jnp.min(rc) if est is None else jnp.minimum(est, jnp.min(rc))
+    return pd, (jnp.asarray(jnp.inf) if est is None else est)
 
 
 def _pivot_health(pivots, tol):
@@ -158,6 +179,7 @@ def scale_by_newton(
     max_radius: float = 1e6,
     tr_rtol: float = 0.1,
     tr_max_iters: int = 10,
+    inertia: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Scale the gradient ``g`` by an exact, damped, safeguarded inverse curvature: ``(C + λI)^{-1} g``.
 
@@ -186,6 +208,10 @@ def scale_by_newton(
       init_radius, max_radius: the trust radius (``"trust_region"`` only).
       tr_rtol: accept ``‖d‖ ∈ [(1 − tr_rtol) Δ, Δ]`` as "on the boundary".
       tr_max_iters: at most this many factorisations per trust-region step.
+      inertia: also count the negative eigenvalues of ``C + λI`` and compute the pivots' exact
+        reciprocal condition, from their eigenvalues (once per step). On CPU that costs about as
+        much as the factorisation, so by default positive definiteness and a condition estimate
+        come from Cholesky factors of the pivots instead.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByNewtonState`.
@@ -230,6 +256,8 @@ def scale_by_newton(
         raise ValueError(f"max_radius must be >= init_radius, got {max_radius} < {init_radius}")
     if not 0 < tr_rtol < 1:
         raise ValueError(f"tr_rtol must be in (0, 1), got {tr_rtol}")
+    if not isinstance(inertia, bool):
+        raise TypeError(f"inertia must be a bool, got {inertia!r}")
     if not (isinstance(tr_max_iters, int) and tr_max_iters >= 1):
         raise ValueError(f"tr_max_iters must be a positive int, got {tr_max_iters!r}")
 
@@ -246,6 +274,7 @@ def scale_by_newton(
             accepted=jnp.array(False),
             damping=jnp.asarray(lam0, dt),
             step_norm=zero,
+            positive_definite=jnp.array(False),
             n_neg=jnp.zeros((), jnp.int32),
             min_rcond=zero,
             ok=jnp.array(False),
@@ -288,7 +317,12 @@ def scale_by_newton(
             pivots = _pivots(F)
             iters, found = jnp.ones((), jnp.int32), jnp.array(True)
 
-        n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
+        pd, min_rcond = _cholesky_health(pivots)
+        if inertia:
+            n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
+        else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
+            n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
+            ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
 
         # The quadratic model at s = -d, with the undamped curvature C.
         Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
@@ -305,7 +339,7 @@ def scale_by_newton(
 
         # A step of a nonconvex model (C + λI indefinite) may still be taken if it decreases the
         # loss as predicted, but it never lets λ fall: the model is not trusted until convex.
-        good, bad = accepted & (ratio > 0.75) & (n_neg == 0), ~accepted | (ratio < 0.25)
+        good, bad = accepted & (ratio > 0.75) & pd, ~accepted | (ratio < 0.25)
         if mode == "lm":
             lam_next = jnp.where(good, lam * decrease_factor, jnp.where(bad, lam * increase_factor, lam))
             lam_next = jnp.clip(lam_next, min_damping, max_damping)
@@ -329,6 +363,7 @@ def scale_by_newton(
             accepted=accepted,
             damping=lam.astype(sdt),
             step_norm=step_norm.astype(sdt),
+            positive_definite=jnp.asarray(pd, bool),
             n_neg=jnp.asarray(n_neg, jnp.int32),
             min_rcond=jnp.asarray(min_rcond).astype(sdt),
             ok=jnp.asarray(ok, bool),
@@ -367,7 +402,7 @@ def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iter
         F, d = solve(lam)
         pivots = _pivots(F)
         nrm = jnp.sqrt(_dot(d, d))
-        pd = _positive_definite(pivots) & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
+        pd = _cholesky_health(pivots)[0] & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
         dwd = _dot(d, F.solve_rows(d))  # dᵀ(C + λI)^{-1} d = φ'(λ) ‖d‖³
         newton = lam + (nrm**2 / jnp.where(dwd > 0, dwd, 1)) * (nrm - radius) / radius
         newton = jnp.where(pd & (dwd > 0), newton, jnp.nan)

@@ -351,9 +351,9 @@ def test_lm_on_an_indefinite_hessian_never_increases_the_loss():
         if bool(s.info.accepted):
             n_accepted += 1
             assert new_loss < loss
-            if float(s.info.ratio) > 0.75 and int(s.info.n_neg) == 0:
+            if float(s.info.ratio) > 0.75 and bool(s.info.positive_definite):
                 assert float(s.damping) < float(s.info.damping)  # falls on success (convex model)
-            elif int(s.info.n_neg) > 0:
+            elif not bool(s.info.positive_definite):
                 assert float(s.damping) >= float(s.info.damping)  # never falls while nonconvex
         else:
             n_rejected += 1
@@ -361,6 +361,23 @@ def test_lm_on_an_indefinite_hessian_never_increases_the_loss():
             assert float(s.damping) > float(s.info.damping)  # rises on rejection
         params, loss = new, new_loss
     assert n_accepted >= 3 and n_rejected >= 1
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.3, 5.0])
+def test_inertia_diagnostics_match_dense_eigenvalues(lam):
+    layers, params, z0 = indefinite_problem()
+    kw = dict(damping=lam, inertia=True)
+    _, _, state = _step(layers, params, _init(layers, params, **kw), z0, **kw)
+    info = _ns(state).info
+    H = np.asarray(_hessian(layers, params, z0))
+    ev = np.linalg.eigvalsh(H + lam * np.eye(H.shape[0]))
+    assert int(info.n_neg) == int(np.sum(ev < 0))
+    assert bool(info.positive_definite) == bool(ev.min() > 0)
+    # Without inertia=True, only positive definiteness is known (Cholesky of the pivots).
+    kw = dict(damping=lam)
+    _, _, state = _step(layers, params, _init(layers, params, **kw), z0, **kw)
+    assert bool(_ns(state).info.positive_definite) == bool(ev.min() > 0)
+    assert int(_ns(state).info.n_neg) == (0 if ev.min() > 0 else -1)
 
 
 TR_KW = dict(damping="trust_region")
