@@ -6,6 +6,7 @@ scalar loss. ``hvp`` gives ``H v``; ``ihvp`` gives ``(H + λI)^{-1} g`` exactly 
 ``factorize`` keeps the factorisation for many right-hand sides, log-determinants and inertia.
 """
 
+from . import optax as optax
 from ._api import blocks as blocks
 from ._api import factorize as factorize
 from ._api import hvp as hvp

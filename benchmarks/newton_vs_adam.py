@@ -1,0 +1,321 @@
+"""Exact Newton / Gauss-Newton (hessinv.optax) against tuned Adam and SGD on a deep narrow tanh MLP.
+
+Data: scikit-learn's bundled 8x8 digits (1797 images, 10 classes; no download), standardised per
+pixel, one fixed training batch of ``--batch`` images. Model: 64 -> w tanh, ``--depth`` hidden
+w -> w tanh layers (a :class:`hessinv.Stack`), w -> 10 logits, then a parameter-free
+cross-entropy layer (the generalised Gauss-Newton needs the loss as its own layer). Every method
+trains the same model from the same initial parameters on the same batch.
+
+Wall-clock is what the comparison is about; the process CPU time (all threads) is recorded
+too, because on a shared machine the wall-clock of one run depends on the other jobs.
+
+Every step is a jitted function ``(params, state, batch) -> (params, state, loss, acc)``; its
+first call (compilation) is timed separately and excluded from the wall-clock curves. Then the
+usual optax loop runs step by step, with ``block_until_ready`` after each step, until the loss
+reaches ``--target`` or the method's step / time budget is spent. Adam and SGD (with momentum)
+are tuned over a learning-rate grid; the best rate (fastest to the target, else lowest final
+loss) is reported, together with the grid and every run's result.
+
+Run (CPU): ``PYTHONPATH=. python benchmarks/newton_vs_adam.py``; writes
+``benchmarks/results/newton_vs_adam_<platform>.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import hessinv
+
+# -- data and model ------------------------------------------------------------------------------
+
+
+def load_batch(n: int, seed: int = 0):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    idx = np.random.default_rng(seed).permutation(len(y))[:n]
+    return jnp.asarray(X[idx], jnp.float32), jnp.asarray(y[idx], jnp.int32)
+
+
+def first(z, p):
+    x, y = z
+    return (jnp.tanh(x @ p["W"] + p["b"]), y)
+
+
+def hidden(z, p):
+    h, y = z
+    return (jnp.tanh(h @ p["W"] + p["b"]), y)
+
+
+def logits(z, p):
+    h, y = z
+    return (h @ p["W"] + p["b"], y)
+
+
+def cross_entropy(z, p):
+    o, y = z
+    return jnp.mean(jax.nn.logsumexp(o, axis=-1) - jnp.take_along_axis(o, y[:, None], axis=1)[:, 0])
+
+
+def make_model(width: int, depth: int, seed: int = 0):
+    layers = (first, hessinv.Stack(hidden, depth), logits, cross_entropy)
+    k = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = [
+        dict(W=jax.random.normal(k[0], (64, width)) / np.sqrt(64), b=jnp.zeros(width)),
+        dict(W=jax.random.normal(k[1], (depth, width, width)) / np.sqrt(width), b=jnp.zeros((depth, width))),
+        dict(W=jax.random.normal(k[2], (width, 10)) / np.sqrt(width), b=jnp.zeros(10)),
+        {},
+    ]
+    return layers, params
+
+
+def accuracy(layers, params, batch):
+    z = batch
+    for layer, x in zip(layers[:-1], params[:-1]):
+        if isinstance(layer, hessinv.Stack):
+            z, _ = jax.lax.scan(lambda z, x, f=layer.layer: (f(z, x), None), z, x)
+        else:
+            z = layer(z, x)
+    return jnp.mean(jnp.argmax(z[0], axis=-1) == batch[1])
+
+
+# -- one training run ----------------------------------------------------------------------------
+
+
+def make_step(layers, opt, second_order: bool):
+    def step(params, state, batch):
+        loss, g = jax.value_and_grad(lambda p: hessinv.loss(layers, p, batch))(params)
+        acc = accuracy(layers, params, batch)
+        updates, state = opt.update(g, state, params, z0=batch) if second_order else opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state, loss, acc
+
+    return jax.jit(step)
+
+
+def run(layers, params, batch, opt, *, second_order, target, max_steps, max_seconds):
+    """The optax loop. Returns a dict with per-step loss, accuracy and cumulative wall time
+    (entry k: after k steps), the compile time, and times to the targets."""
+    step = make_step(layers, opt, second_order)
+    state = opt.init(params)
+    t0 = time.perf_counter()
+    compiled = step.lower(params, state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    losses, accs, times, cpu_times, extra = [], [], [0.0], [0.0], []
+    elapsed = cpu_elapsed = 0.0
+    for k in range(max_steps + 1):
+        t, c = time.perf_counter(), time.process_time()
+        new_params, new_state, loss, acc = jax.block_until_ready(compiled(params, state, batch))
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+        # loss/acc are at `params`, i.e. after k steps (at cumulative time times[k]).
+        losses.append(float(loss))
+        accs.append(float(acc))
+        if second_order:
+            info = optax.tree_utils.tree_get(new_state, "info")
+            extra.append(
+                dict(
+                    damping=float(info.damping),
+                    ratio=float(info.ratio),
+                    accepted=bool(info.accepted),
+                    factorisations=int(info.iterations),
+                    n_neg=int(info.n_neg),
+                    min_rcond=float(info.min_rcond),
+                )
+            )
+        if not np.isfinite(losses[-1]) or losses[-1] <= target or k == max_steps or elapsed + dt > max_seconds:
+            break
+        params, state = new_params, new_state
+        elapsed += dt
+        cpu_elapsed += dc
+        times.append(elapsed)
+        cpu_times.append(cpu_elapsed)
+    times, cpu_times = times[: len(losses)], cpu_times[: len(losses)]
+    hit = [i for i, v in enumerate(losses) if v <= target]
+    hit_acc = [i for i, a in enumerate(accs) if a >= 1.0]
+    # Keep the JSON small: every step up to 500, then every 10th, and the marked ones.
+    keep = sorted(
+        set(range(min(len(losses), 500)))
+        | set(range(500, len(losses), 10))
+        | {len(losses) - 1}
+        | set(hit[:1] + hit_acc[:1])
+    )
+    out = dict(
+        compile_s=compile_s,
+        steps=len(losses) - 1,
+        step=keep,
+        loss=[losses[i] for i in keep],
+        acc=[accs[i] for i in keep],
+        time=[times[i] for i in keep],
+        cpu_time=[cpu_times[i] for i in keep],
+        final_loss=losses[-1],
+        steps_to_target=hit[0] if hit else None,
+        time_to_target=times[hit[0]] if hit else None,
+        cpu_time_to_target=cpu_times[hit[0]] if hit else None,
+        steps_to_acc1=hit_acc[0] if hit_acc else None,
+        time_to_acc1=times[hit_acc[0]] if hit_acc else None,
+        sec_per_step=(times[-1] / (len(times) - 1)) if len(times) > 1 else None,
+        cpu_sec_per_step=(cpu_times[-1] / (len(cpu_times) - 1)) if len(cpu_times) > 1 else None,
+    )
+    if extra:
+        out["diagnostics"] = extra
+    return out
+
+
+def _better(a, b):
+    """Is run a better than run b: reaches the target sooner, else lower final loss."""
+    ta, tb = a["time_to_target"], b["time_to_target"]
+    if ta is not None or tb is not None:
+        return tb is None or (ta is not None and ta < tb)
+    return a["final_loss"] < b["final_loss"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--target", type=float, default=1e-3)
+    ap.add_argument("--first-order-steps", type=int, default=20000)
+    ap.add_argument("--first-order-seconds", type=float, default=8.0)
+    ap.add_argument("--second-order-steps", type=int, default=200)
+    ap.add_argument("--second-order-seconds", type=float, default=45.0)
+    ap.add_argument("--adam-lrs", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2])
+    ap.add_argument("--sgd-lrs", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2, 1e-1])
+    ap.add_argument(
+        "--second-order",
+        nargs="*",
+        default=["newton_lm", "gauss_newton_lm", "gauss_newton_tr"],
+        choices=["newton_lm", "newton_tr", "gauss_newton_lm", "gauss_newton_tr"],
+        help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping (lm, tr)",
+    )
+    ap.add_argument("--init-damping", type=float, default=1.0, help="LM's initial λ")
+    ap.add_argument("--init-radius", type=float, default=1.0, help="the trust region's initial radius")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+
+    batch = load_batch(args.batch, args.seed)
+    layers, params = make_model(args.width, args.depth, args.seed)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    print(
+        f"batch {args.batch}, width {args.width}, depth {args.depth} hidden (+ input and logits layers), {n_params} params"
+    )
+    print(f"initial loss {float(hessinv.loss(layers, params, batch)):.4f}, target {args.target}")
+    so = dict(
+        second_order=True, target=args.target, max_steps=args.second_order_steps, max_seconds=args.second_order_seconds
+    )
+    fo = dict(
+        second_order=False, target=args.target, max_steps=args.first_order_steps, max_seconds=args.first_order_seconds
+    )
+
+    results = {}
+    for name in args.second_order:
+        method, damping = name.rsplit("_", 1)
+        settings = dict(curvature="ggn" if method == "gauss_newton" else "hessian", learning_rate=1.0)
+        if damping == "lm":
+            settings |= dict(damping="lm", init_damping=args.init_damping)
+        else:
+            settings |= dict(damping="trust_region", init_radius=args.init_radius)
+        opt = hessinv.optax.newton(layers, **settings)
+        r = run(layers, params, batch, opt, **so)
+        r["settings"] = settings
+        results[name] = r
+        print(_summary(name, r), flush=True)
+
+    for name, make, lrs in [
+        ("adam", lambda lr: optax.adam(lr), args.adam_lrs),
+        ("sgd_momentum", lambda lr: optax.sgd(lr, momentum=0.9), args.sgd_lrs),
+    ]:
+        grid, best = {}, None
+        for lr in lrs:
+            r = run(layers, params, batch, make(lr), **fo)
+            grid[lr] = dict(final_loss=r["final_loss"], time_to_target=r["time_to_target"], steps=r["steps"])
+            print(_summary(f"  {name} lr={lr:g}", r), flush=True)
+            if best is None or _better(r, best[1]):
+                best = (lr, r)
+        if best is None:  # an empty grid: method skipped
+            continue
+        lr, r = best
+        r["settings"] = dict(learning_rate=lr, grid=grid, **({"momentum": 0.9} if name.startswith("sgd") else {}))
+        results[name] = r
+        print(_summary(f"{name} (best lr {lr:g})", r), flush=True)
+
+    dev = jax.devices()[0]
+    meta = dict(
+        platform=dev.platform,
+        device=str(dev.device_kind),
+        cpu_count=os.cpu_count(),
+        load_average_at_end=os.getloadavg(),
+        machine=platform.machine(),
+        python=platform.python_version(),
+        jax=jax.__version__,
+        optax=optax.__version__,
+        hessinv=hessinv.__version__,
+        config=vars(args) | {"n_params": int(n_params), "out": None},
+        note=(
+            "wall-clock on a shared, noisy machine (other jobs ran; see load_average_at_end); compile time excluded "
+            "from the curves and reported as compile_s; cpu_time is this process's CPU time over all threads"
+        ),
+    )
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"newton_vs_adam_{dev.platform}")
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(meta=meta, results=results), f, indent=1)
+    plot(results, meta, stem + ".png")
+    print("wrote", stem + ".json", stem + ".png")
+
+
+def _summary(name, r):
+    tt = "not reached" if r["time_to_target"] is None else f"{r['time_to_target']:.2f}s ({r['steps_to_target']} steps)"
+    ta = "not reached" if r["time_to_acc1"] is None else f"{r['time_to_acc1']:.2f}s ({r['steps_to_acc1']} steps)"
+    sps = f"{1e3 * r['sec_per_step']:.2f} ms/step" if r["sec_per_step"] else ""
+    return (
+        f"{name:28s} final loss {r['final_loss']:.3e} after {r['steps']} steps; to target: {tt}; "
+        f"to 100% acc: {ta}; {sps}; compile {r['compile_s']:.1f}s"
+    )
+
+
+def plot(results, meta, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        label = name + (f" (lr {r['settings']['learning_rate']:g})" if name in ("adam", "sgd_momentum") else "")
+        ls = "-" if name in ("adam", "sgd_momentum") else "--"
+        loss = np.maximum(np.asarray(r["loss"]), 1e-8)
+        a1.plot(np.maximum(np.asarray(r["step"]), 0.8), loss, ls, label=label)
+        a2.plot(np.maximum(np.asarray(r["time"]), 1e-3), loss, ls, label=label)
+    target = meta["config"]["target"]
+    for a in (a1, a2):
+        a.axhline(target, color="gray", ls=":", lw=1)
+        a.set_yscale("log")
+        a.set_ylabel("training loss (fixed batch)")
+        a.legend(fontsize=8, loc="lower left")
+    a1.set_xscale("log")
+    a1.set_xlabel("step (step 0 drawn at 0.8)")
+    a2.set_xscale("log")
+    a2.set_xlabel("wall-clock seconds (compile excluded; t=0 drawn at 1e-3)")
+    c = meta["config"]
+    fig.suptitle(
+        f"digits, batch {c['batch']}, tanh MLP width {c['width']}, depth {c['depth']}+2; "
+        f"{meta['platform']} ({meta['cpu_count']} cores, shared), jax {meta['jax']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

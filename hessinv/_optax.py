@@ -1,0 +1,479 @@
+"""Exact Newton and Gauss-Newton steps as optax gradient transformations.
+
+:func:`scale_by_newton` turns the gradient ``g`` into the step ``d = (C + λI)^{-1} g``, where
+``C`` is the exact Hessian ``H`` or the generalised Gauss-Newton matrix ``G = Jᵀ ∇²ℓ J``
+(MATH.md sections 3 and 5), solved exactly by the stage (Riccati) recursion of the core engine
+(Rahimi 2026, arXiv:2601.06096). :func:`newton` and :func:`gauss_newton` chain it with
+``scale_by_learning_rate``, so ``optax.apply_updates(params, updates)`` moves to ``params - d``.
+
+Every step is safeguarded. The per-layer blocks are computed once per step (they do not depend
+on ``λ``); the trial point ``params - d`` is evaluated and compared with the quadratic model
+
+    m(s) = gᵀs + ½ sᵀ C s,   s = -d,   predicted decrease  pred = -m(s) = gᵀd − ½ dᵀ C d,
+
+through the ratio ``ρ = (loss − trial_loss) / pred``. A step is applied only if it is finite,
+the model predicts a decrease, the loss does decrease and ``ρ ≥ accept_ratio``; otherwise the
+update is exactly zero. The damping ``λ`` then adapts:
+
+* ``damping="lm"`` (Levenberg-Marquardt; Moré 1978): ``λ`` grows by ``increase_factor`` when
+  the step is rejected or ``ρ < 0.25``, and shrinks by ``decrease_factor`` when ``ρ > 0.75`` and
+  the model is convex, within ``[min_damping, max_damping]``. Convexity, ``C + λI ≻ 0``, is read
+  off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with ``T`` unit block-triangular,
+  so by Sylvester's law of inertia it holds iff every pivot has a Cholesky factor.
+* ``damping="trust_region"`` (Moré & Sorensen 1983): ``λ ≥ min_damping`` is chosen so that
+  ``C + λI ≻ 0`` (every pivot has a Cholesky factor) and ``‖d‖ ≤ radius``, with
+  ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded Newton
+  iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous step's
+  ``λ`` (one factorisation of the same blocks per iterate). The radius shrinks on ``ρ < 0.25`` or rejection and grows on ``ρ > 0.75`` at
+  the boundary.
+* a float: a fixed ``λ`` (``0.0`` is the plain Newton step), still safeguarded.
+
+Diagnostics live in the state (:class:`NewtonInfo`); read them with
+``optax.tree_utils.tree_get(state, "info")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax  # the optax library (absolute import; hessinv's public wrapper is hessinv.optax)
+
+from . import _api, _blocks, _hvp, _pipeline
+
+CURVATURES = ("hessian", "ggn")
+DAMPINGS = ("lm", "trust_region")
+
+
+class NewtonInfo(NamedTuple):
+    """Diagnostics of the last step. All fields are scalar arrays.
+
+    Attributes:
+      loss: the loss at the params the step started from.
+      trial_loss: the loss at the trial point ``params - d``.
+      predicted_decrease: ``gᵀd − ½ dᵀ C d``, the decrease the quadratic model predicts.
+      ratio: actual over predicted decrease (``-inf`` when the model predicts no decrease).
+      accepted: whether the step was applied (otherwise the update was zero).
+      damping: the ``λ`` the step was computed with.
+      step_norm: ``‖d‖`` of the trial step.
+      positive_definite: ``C + λI ≻ 0`` at the ``λ`` used (Cholesky of every stage pivot).
+      n_neg: negative eigenvalues of ``C + λI`` (the stage pivots' inertia) with ``inertia=True``;
+        otherwise 0 when positive definite and -1 (not counted) when not.
+      min_rcond: smallest reciprocal condition number of any stage pivot: exact (eigenvalues)
+        with ``inertia=True``, else the Cholesky estimate ``(min L_ii / max L_ii)²`` (0 when
+        not positive definite).
+      ok: finite, with every pivot's ``min_rcond`` above ``max(p_l)·eps``.
+      iterations: factorisations done this step (more than one only for the trust region).
+    """
+
+    loss: jax.Array
+    trial_loss: jax.Array
+    predicted_decrease: jax.Array
+    ratio: jax.Array
+    accepted: jax.Array
+    damping: jax.Array
+    step_norm: jax.Array
+    positive_definite: jax.Array
+    n_neg: jax.Array
+    min_rcond: jax.Array
+    ok: jax.Array
+    iterations: jax.Array
+
+
+class ScaleByNewtonState(NamedTuple):
+    """State of :func:`scale_by_newton`.
+
+    Attributes:
+      count: number of updates so far (accepted or not), int32.
+      damping: the ``λ`` the next step starts from.
+      radius: the trust radius (``inf`` unless ``damping="trust_region"``).
+      info: :class:`NewtonInfo` of the last step.
+    """
+
+    count: jax.Array
+    damping: jax.Array
+    radius: jax.Array
+    info: NewtonInfo
+
+
+def _params_dtype(params):
+    dts = [jnp.result_type(x) for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
+def _dot(a_rows, b_rows):
+    return sum(jnp.vdot(a, b) for a, b in zip(a_rows, b_rows))
+
+
+def _all_finite(rows):
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(r)) for r in rows]))
+
+
+def _pivots(F):
+    """The stage pivots ``Q_uu,l`` of a factorisation, one ``(n, p, p)`` stack per segment with ``p > 0``."""
+    return [st.Q_uu for _, st in F._pivot_stages()]
+
+
+def _cholesky_health(pivots):
+    """``(positive_definite, rcond_estimate)`` from one Cholesky per stage pivot.
+
+    ``C + λI ≻ 0`` iff every stage pivot is (MATH.md section 3), i.e. iff every pivot has a
+    Cholesky factor ``L``. ``(min L_ii / max L_ii)²`` estimates the pivot's reciprocal condition
+    (it bounds it from above); 0 for a pivot that is not positive definite. On CPU this is far
+    cheaper, and on a shared machine far steadier, than the pivots' eigenvalues.
+    """
+    pd = jnp.array(True)
+    est = None
+    for Q in pivots:
+        L = jnp.linalg.cholesky(Q)
+        ok = jnp.all(jnp.isfinite(L), axis=(-2, -1))
+        dg = jnp.abs(jnp.diagonal(L, axis1=-2, axis2=-1))
+        top = jnp.max(dg, axis=-1)
+        rc = jnp.where(ok & (top > 0), (jnp.min(dg, axis=-1) / jnp.where(top > 0, top, 1)) ** 2, 0)
+        pd &= jnp.all(ok)
+        est = jnp.min(rc) if est is None else jnp.minimum(est, jnp.min(rc))
+    return pd, (jnp.asarray(jnp.inf) if est is None else est)
+
+
+def _pivot_health(pivots, tol):
+    """``(n_neg, n_zero, min_rcond, ok)`` of ``C + λI`` from one ``eigvalsh`` per stage pivot.
+
+    The same quantities and thresholds as ``Factorization.inertia()`` and ``.info()``, but those
+    two each recompute the pivots' eigenvalues, which on CPU costs as much as the factorisation.
+    """
+    neg = zero = jnp.zeros((), jnp.int32)
+    min_rc = jnp.asarray(jnp.inf, tol.dtype)
+    finite = jnp.array(True)
+    for w in [jnp.linalg.eigvalsh(Q) for Q in pivots]:
+        aw = jnp.abs(w)
+        top = jnp.max(aw, axis=-1, keepdims=True)
+        z = aw <= tol * top
+        neg += jnp.sum((w < 0) & ~z).astype(jnp.int32)
+        zero += jnp.sum(z).astype(jnp.int32)
+        rc = jnp.where(top[..., 0] > 0, jnp.min(aw, axis=-1) / jnp.where(top[..., 0] > 0, top[..., 0], 1), 0)
+        min_rc = jnp.minimum(min_rc, jnp.min(jnp.where(jnp.isnan(rc), jnp.inf, rc)))
+        finite &= jnp.all(jnp.isfinite(w))
+    return neg, zero, min_rc, finite & (min_rc > tol)
+
+
+def _check_positive(name, value, *, allow_zero=False):
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def scale_by_newton(
+    layers: Sequence,
+    *,
+    curvature: str = "hessian",
+    damping: str | float = "lm",
+    init_damping: float = 1e-3,
+    min_damping: float | None = None,
+    max_damping: float = 1e10,
+    increase_factor: float = 4.0,
+    decrease_factor: float = 1.0 / 3.0,
+    accept_ratio: float = 1e-4,
+    init_radius: float = 1.0,
+    max_radius: float = 1e6,
+    tr_rtol: float = 0.1,
+    tr_max_iters: int = 10,
+    inertia: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Scale the gradient ``g`` by an exact, damped, safeguarded inverse curvature: ``(C + λI)^{-1} g``.
+
+    ``C`` is the Hessian (``curvature="hessian"``) or the generalised Gauss-Newton matrix
+    (``curvature="ggn"``, MATH.md section 5; the last layer must be a parameter-free loss, e.g.
+    with params ``{}``). The per-layer blocks are computed once per step; every damping tried
+    costs one stage-recursion factorisation of them (MATH.md section 3). The step is applied only
+    if the loss at ``params - d`` decreases as the quadratic model predicts (see the module
+    docstring); otherwise the returned update is zero.
+
+    The transformation's ``update(updates, state, params, *, z0, **extra_args)`` takes the
+    gradient of the pipeline loss at ``(params, z0)`` as ``updates`` and the batch ``z0`` as a
+    keyword (other keyword arguments are ignored, as optax requires). The returned update is
+    ``+d``: chain with ``optax.scale_by_learning_rate(1.0)`` (as :func:`newton` does) to step
+    downhill. The accept/reject test is made for the full step (learning rate 1).
+
+    Args:
+      layers: the pipeline's layer functions (or :class:`hessinv.Stack`), as in :func:`hessinv.ihvp`.
+      curvature: ``"hessian"`` or ``"ggn"``.
+      damping: ``"lm"`` (Levenberg-Marquardt), ``"trust_region"``, or a fixed float ``λ ≥ 0``.
+      init_damping: the first ``λ`` (``"lm"``), or the first guess of the search (``"trust_region"``).
+      min_damping, max_damping: bounds on ``λ`` (``min_damping`` defaults to ``1e-9`` for
+        ``"lm"`` and ``0`` for ``"trust_region"``).
+      increase_factor, decrease_factor: LM's multipliers of ``λ`` on failure / success.
+      accept_ratio: the smallest actual/predicted decrease ratio accepted.
+      init_radius, max_radius: the trust radius (``"trust_region"`` only).
+      tr_rtol: accept ``‖d‖ ∈ [(1 − tr_rtol) Δ, Δ]`` as "on the boundary".
+      tr_max_iters: at most this many factorisations per trust-region step.
+      inertia: also count the negative eigenvalues of ``C + λI`` and compute the pivots' exact
+        reciprocal condition, from their eigenvalues (once per step). On CPU that costs about as
+        much as the factorisation, so by default positive definiteness and a condition estimate
+        come from Cholesky factors of the pivots instead.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByNewtonState`.
+
+    Example::
+
+        opt = optax.chain(hessinv.optax.scale_by_newton(layers, damping="lm"),
+                          optax.scale_by_learning_rate(1.0))
+        state = opt.init(params)
+        grads = jax.grad(lambda p: hessinv.loss(layers, p, batch))(params)
+        updates, state = opt.update(grads, state, params, z0=batch)
+        params = optax.apply_updates(params, updates)
+    """
+    if isinstance(layers, _pipeline.Stack) or callable(layers):
+        raise TypeError("layers must be a sequence of layer functions (or hessinv.Stack), not a single layer")
+    layers = tuple(layers)
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if isinstance(damping, str):
+        if damping not in DAMPINGS:
+            raise ValueError(f"damping must be one of {DAMPINGS} or a float >= 0, got {damping!r}")
+        mode = damping
+    else:
+        _check_positive("damping", float(damping), allow_zero=True)
+        mode = "fixed"
+    if min_damping is None:
+        min_damping = 1e-9 if mode == "lm" else 0.0
+    _check_positive("init_damping", init_damping)
+    _check_positive("min_damping", min_damping, allow_zero=True)
+    if not max_damping >= max(min_damping, init_damping if mode == "lm" else 0.0):
+        raise ValueError(
+            f"need min_damping <= init_damping <= max_damping, got {min_damping}, {init_damping}, {max_damping}"
+        )
+    if not increase_factor > 1:
+        raise ValueError(f"increase_factor must be > 1, got {increase_factor}")
+    if not 0 < decrease_factor < 1:
+        raise ValueError(f"decrease_factor must be in (0, 1), got {decrease_factor}")
+    if not 0 <= accept_ratio < 0.25:
+        raise ValueError(f"accept_ratio must be in [0, 0.25), got {accept_ratio}")
+    _check_positive("init_radius", init_radius)
+    if not max_radius >= init_radius:
+        raise ValueError(f"max_radius must be >= init_radius, got {max_radius} < {init_radius}")
+    if not 0 < tr_rtol < 1:
+        raise ValueError(f"tr_rtol must be in (0, 1), got {tr_rtol}")
+    if not isinstance(inertia, bool):
+        raise TypeError(f"inertia must be a bool, got {inertia!r}")
+    if not (isinstance(tr_max_iters, int) and tr_max_iters >= 1):
+        raise ValueError(f"tr_max_iters must be a positive int, got {tr_max_iters!r}")
+
+    def init_fn(params):
+        dt = _params_dtype(params)
+        zero = jnp.zeros((), dt)
+        lam0 = float(damping) if mode == "fixed" else init_damping
+        radius = init_radius if mode == "trust_region" else jnp.inf
+        info = NewtonInfo(
+            loss=zero,
+            trial_loss=zero,
+            predicted_decrease=zero,
+            ratio=zero,
+            accepted=jnp.array(False),
+            damping=jnp.asarray(lam0, dt),
+            step_norm=zero,
+            positive_definite=jnp.array(False),
+            n_neg=jnp.zeros((), jnp.int32),
+            min_rcond=zero,
+            ok=jnp.array(False),
+            iterations=jnp.zeros((), jnp.int32),
+        )
+        return ScaleByNewtonState(jnp.zeros((), jnp.int32), jnp.asarray(lam0, dt), jnp.asarray(radius, dt), info)
+
+    def update_fn(updates, state, params=None, *, z0=None, **extra_args):
+        del extra_args  # optax convention: unknown extra arguments are ignored
+        if params is None:
+            raise ValueError("scale_by_newton needs params: call update(grads, state, params, z0=batch)")
+        if z0 is None:
+            raise ValueError("scale_by_newton needs the batch: call update(grads, state, params, z0=batch)")
+        blk = _api.blocks(layers, params, z0, curvature=curvature)
+        pipe = blk.pipe
+        dt = pipe.dtype
+        sdt = state.damping.dtype
+        g = _pipeline.to_rows(pipe, list(updates))
+
+        def solve(lam):
+            F = _blocks.Blocks.factorize(blk, lam)
+            return F, F.solve_rows(g)
+
+        tol = jnp.asarray(max([seg.p for seg in pipe.segments] + [1]) * jnp.finfo(dt).eps, dt)  # as Factorization
+        if mode == "trust_region":
+            lam, d, pivots, iters, found = _trust_region_damping(
+                solve,
+                g,
+                state.radius.astype(dt),
+                state.damping.astype(dt),
+                min_damping,
+                tr_rtol,
+                tr_max_iters,
+                init_damping,
+                [(seg.n, seg.p, seg.p) for seg in pipe.segments if seg.p > 0],
+            )
+        else:
+            lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
+            F, d = solve(lam)
+            pivots = _pivots(F)
+            iters, found = jnp.ones((), jnp.int32), jnp.array(True)
+
+        pd, min_rcond = _cholesky_health(pivots)
+        if inertia:
+            n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
+        else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
+            n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
+            ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
+
+        # The quadratic model at s = -d, with the undamped curvature C.
+        Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
+        pred = _dot(g, d) - 0.5 * _dot(d, Cd)
+        step = _pipeline.from_rows(pipe, d)
+        trial = [jax.tree.map(lambda x, s: x - s.astype(x.dtype), x, s) for x, s in zip(params, step)]
+        loss0 = _pipeline.loss(layers, params, z0).astype(dt)
+        loss1 = _pipeline.loss(layers, trial, z0).astype(dt)
+        actual = loss0 - loss1
+        ratio = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1), -jnp.inf)
+        finite = _all_finite(d) & jnp.isfinite(loss1) & jnp.isfinite(pred)
+        accepted = found & finite & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
+        step_norm = jnp.sqrt(_dot(d, d))
+
+        # A step of a nonconvex model (C + λI indefinite) may still be taken if it decreases the
+        # loss as predicted, but it never lets λ fall: the model is not trusted until convex.
+        good, bad = accepted & (ratio > 0.75) & pd, ~accepted | (ratio < 0.25)
+        if mode == "lm":
+            lam_next = jnp.where(good, lam * decrease_factor, jnp.where(bad, lam * increase_factor, lam))
+            lam_next = jnp.clip(lam_next, min_damping, max_damping)
+            radius_next = state.radius
+        elif mode == "trust_region":
+            radius = state.radius.astype(dt)
+            shrunk = 0.25 * jnp.where(found & jnp.isfinite(step_norm), jnp.minimum(step_norm, radius), radius)
+            grown = jnp.where(step_norm >= (1 - tr_rtol) * radius, jnp.minimum(2 * radius, max_radius), radius)
+            radius_next = jnp.where(bad, shrunk, jnp.where(good, grown, radius))
+            lam_next = jnp.clip(lam, min_damping, max_damping)
+        else:
+            lam_next, radius_next = lam, state.radius
+
+        out = jax.tree.map(lambda s, u: jnp.where(accepted, s, jnp.zeros_like(s)).astype(u.dtype), step, list(updates))
+        out = jax.tree.unflatten(jax.tree.structure(updates), jax.tree.leaves(out))
+        new_info = NewtonInfo(
+            loss=loss0.astype(sdt),
+            trial_loss=loss1.astype(sdt),
+            predicted_decrease=pred.astype(sdt),
+            ratio=ratio.astype(sdt),
+            accepted=accepted,
+            damping=lam.astype(sdt),
+            step_norm=step_norm.astype(sdt),
+            positive_definite=jnp.asarray(pd, bool),
+            n_neg=jnp.asarray(n_neg, jnp.int32),
+            min_rcond=jnp.asarray(min_rcond).astype(sdt),
+            ok=jnp.asarray(ok, bool),
+            iterations=jnp.asarray(iters, jnp.int32),
+        )
+        new_state = ScaleByNewtonState(
+            count=optax.safe_int32_increment(state.count),
+            damping=jnp.asarray(lam_next).astype(sdt),
+            radius=jnp.asarray(radius_next).astype(sdt),
+            info=new_info,
+        )
+        return out, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iters, lam_scale, pivot_shapes):
+    """Find ``λ ≥ min_damping`` with ``C + λI ≻ 0`` and ``(1 − rtol) Δ ≤ ‖d(λ)‖ ≤ Δ``
+    (or ``‖d(min_damping)‖ ≤ Δ``), by a safeguarded Newton iteration on ``φ(λ) = 1/Δ − 1/‖d(λ)‖``
+    (Moré & Sorensen 1983): ``λ⁺ = λ + (‖d‖² / dᵀ(C + λI)^{-1} d) (‖d‖ − Δ)/Δ``, kept inside the
+    bracket ``(lo, hi)`` of infeasible / feasible dampings, else bisected on ``log λ``.
+
+    Positive definiteness is read off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with
+    ``T`` unit block-triangular, so (Sylvester) ``C + λI ≻ 0`` iff every pivot has a Cholesky
+    factor. A ``λ`` is only accepted then.
+
+    Returns ``(λ, d, pivots, iterations, found)``; ``found`` is False when no feasible ``λ`` was
+    met within ``max_iters`` factorisations (the step is then rejected).
+    """
+    dt = radius.dtype
+    lam_min = jnp.asarray(min_damping, dt)
+    lam_ref = jnp.maximum(lam_ref, lam_min)
+    inf = jnp.asarray(jnp.inf, dt)
+
+    def evaluate(lam):
+        F, d = solve(lam)
+        pivots = _pivots(F)
+        nrm = jnp.sqrt(_dot(d, d))
+        pd = _cholesky_health(pivots)[0] & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
+        dwd = _dot(d, F.solve_rows(d))  # dᵀ(C + λI)^{-1} d = φ'(λ) ‖d‖³
+        newton = lam + (nrm**2 / jnp.where(dwd > 0, dwd, 1)) * (nrm - radius) / radius
+        newton = jnp.where(pd & (dwd > 0), newton, jnp.nan)
+        return d, nrm, pd, pivots, newton
+
+    def body(c):
+        it, lam, lo, hi, best, _, tried_min = c
+        d, nrm, pd, pivots, newton = evaluate(lam)
+        feasible = pd & (nrm <= radius)
+        at_min = lam <= lam_min
+        done = feasible & ((nrm >= (1 - rtol) * radius) | at_min)
+        tried_min = tried_min | at_min
+        lo = jnp.where(feasible, lo, jnp.maximum(lo, lam))
+        hi = jnp.where(feasible, jnp.minimum(hi, lam), hi)
+        # Keep the feasible iterate with the longest step (the one nearest the boundary).
+        take = feasible & (nrm > best[2])
+        best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, pivots), best)
+        if_no_hi = jnp.maximum(10 * lo, jnp.where(lam_ref > lam_min, lam_ref, lam_scale))
+        bisect = jnp.where(lo > 0, jnp.sqrt(lo * hi), 0.1 * hi)
+        bisect = jnp.where(jnp.isfinite(hi), bisect, if_no_hi)
+        inside = jnp.isfinite(newton) & (newton > lo) & (newton < hi)
+        # The Newton iterate falling below λ_min means ‖d(λ)‖ = Δ has no root above it: the
+        # plain step at λ_min is the answer if it is feasible, so try it (once).
+        below = jnp.isfinite(newton) & (newton <= lam_min) & ~tried_min
+        nxt = jnp.where(below, lam_min, jnp.where(inside, newton, bisect))
+        return it + 1, nxt, lo, hi, best, done, tried_min
+
+    best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, [jnp.zeros(s, dt) for s in pivot_shapes])
+    # Warm start at the previous step's λ: from there the iteration usually takes 2-3 factorisations.
+    c0 = (jnp.zeros((), jnp.int32), lam_ref, lam_min, inf, best0, jnp.array(False), jnp.array(False))
+    iters, _, _, _, (lam, d, nrm, pivots), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
+    return lam, d, pivots, iters, nrm >= 0
+
+
+def newton(
+    layers: Sequence,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    curvature: str = "hessian",
+    damping: str | float = "lm",
+    **kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Exact (damped, safeguarded) Newton's method: ``params ← params − lr · (H + λI)^{-1} ∇L``.
+
+    ``chain(scale_by_newton(layers, ...), scale_by_learning_rate(learning_rate))``; see
+    :func:`scale_by_newton` for the damping rules and the keyword arguments.
+
+    Example::
+
+        opt = hessinv.optax.newton(layers)
+        state = opt.init(params)
+        grads = jax.grad(lambda p: hessinv.loss(layers, p, batch))(params)
+        updates, state = opt.update(grads, state, params, z0=batch)
+        params = optax.apply_updates(params, updates)
+    """
+    return optax.chain(
+        scale_by_newton(layers, curvature=curvature, damping=damping, **kwargs),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def gauss_newton(
+    layers: Sequence,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    damping: str | float = "lm",
+    **kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Exact generalised Gauss-Newton: ``params ← params − lr · (Jᵀ ∇²ℓ J + λI)^{-1} ∇L``.
+
+    The last layer must be a parameter-free loss ``ℓ`` (params ``{}`` or ``()``). Same as
+    :func:`newton` with ``curvature="ggn"``.
+    """
+    return newton(layers, learning_rate, curvature="ggn", damping=damping, **kwargs)

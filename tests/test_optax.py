@@ -1,0 +1,516 @@
+"""Tests of hessinv.optax: exact Newton / Gauss-Newton steps as optax transformations.
+
+References are independent of the engine: ``jax.hessian`` of the flattened loss, a dense
+``Jᵀ ∇²ℓ J`` from ``jax.jacobian``, ``jnp.linalg.solve`` / ``eigvalsh``.
+
+Compilation dominates the run time on a small CPU, so the layer functions live at module level
+(same function objects, same shapes: one compilation serves many seeds) and every optimiser is
+built once per configuration (:func:`_opt`) and jitted once.
+"""
+
+import functools
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import pytest  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+import hessinv  # noqa: E402
+from hessinv.optax import NewtonInfo, ScaleByNewtonState, gauss_newton, newton, scale_by_newton  # noqa: E402
+
+# -- small pipelines --------------------------------------------------------------------------
+
+ALPHA = 0.1
+
+
+def q_affine(z, x):
+    X, Y = z
+    return (X @ x["W"] + x["b"], Y, 0.5 * ALPHA * (jnp.sum(x["W"] ** 2) + jnp.sum(x["b"] ** 2)))
+
+
+def q_shift(z, c):
+    h, Y, r = z
+    return (h + c, Y, r + 0.5 * ALPHA * jnp.sum(c**2))
+
+
+def q_head(z, d):
+    h, Y, r = z
+    return 0.5 * jnp.mean((h - Y) ** 2) + r + 0.5 * ALPHA * jnp.sum(d**2) - jnp.sum(d)
+
+
+QUAD = (q_affine, q_shift, q_head)
+
+
+def quadratic_problem(seed):
+    """A strictly convex quadratic in the params: ridge-regularised linear regression in 3 layers."""
+    k = jax.random.split(jax.random.PRNGKey(seed), 5)
+    X, Y = jax.random.normal(k[0], (6, 3)), jax.random.normal(k[1], (6, 2))
+    params = [
+        dict(W=jax.random.normal(k[2], (3, 2)), b=jax.random.normal(k[3], (2,))),
+        jax.random.normal(k[4], (2,)),
+        jnp.ones(2),
+    ]
+    return QUAD, params, (X, Y)
+
+
+def t_first(z, x):
+    X, Y = z
+    return (jnp.tanh(X @ x["W"] + x["b"]), Y)
+
+
+def t_hidden(z, x):
+    h, Y = z
+    return (jnp.tanh(h @ x["W"] + x["b"]), Y)
+
+
+def t_out(z, x):
+    h, Y = z
+    return (h @ x["W"] + x["b"], Y)
+
+
+def t_sq(z, x):
+    o, Y = z
+    return 0.5 * jnp.sum((o - Y) ** 2)
+
+
+TANH = (t_first, hessinv.Stack(t_hidden, 2), t_out, t_sq)
+
+
+def tanh_net(seed, dtype=jnp.float64):
+    """A small tanh MLP (3 -> 3 -> 3 -> 3 -> 2) with a parameter-free squared-error loss layer."""
+    n, d_in, w, d_out, depth = 6, 3, 3, 2, 2
+    k = jax.random.split(jax.random.PRNGKey(seed), 6)
+    params = [
+        dict(W=jax.random.normal(k[0], (d_in, w)) / np.sqrt(d_in), b=0.1 * jax.random.normal(k[1], (w,))),
+        dict(W=jax.random.normal(k[2], (depth, w, w)) / np.sqrt(w), b=jnp.zeros((depth, w))),
+        dict(W=jax.random.normal(k[3], (w, d_out)) / np.sqrt(w), b=jnp.zeros((d_out,))),
+        {},
+    ]
+    z0 = (jax.random.normal(k[4], (n, d_in)), jax.random.normal(k[5], (n, d_out)))
+    return TANH, jax.tree.map(lambda a: a.astype(dtype), params), jax.tree.map(lambda a: a.astype(dtype), z0)
+
+
+def i_l1(z, x):
+    return jnp.tanh(z @ x["W"] + x["b"])
+
+
+def i_l2(z, x):
+    return jnp.tanh(z @ x)
+
+
+def i_head(z, x):
+    return 0.5 * jnp.sum((z - 0.3) ** 2) + 0.01 * jnp.sum(x**2)
+
+
+INDEF = (i_l1, i_l2, i_head)
+
+
+def indefinite_problem(seed=0):
+    """A net whose Hessian at the start has many negative eigenvalues."""
+    k = jax.random.split(jax.random.PRNGKey(seed), 3)
+    z0 = jax.random.normal(k[0], (5, 3))
+    params = [
+        dict(W=0.5 * jax.random.normal(k[1], (3, 4)), b=jnp.zeros(4)),
+        0.5 * jax.random.normal(k[2], (4, 4)),
+        jnp.ones(2),
+    ]
+    return INDEF, params, z0
+
+
+def r_link(z, x):
+    prev, acc = z
+    r1, r2 = 10.0 * (x - prev**2), 1.0 - x
+    return (x, acc + 0.5 * jnp.sum(r1**2) + 0.5 * jnp.sum(r2**2))
+
+
+def r_total(z, _):
+    return z[1]
+
+
+ROSEN = (r_link, hessinv.Stack(r_link, 2), r_total)
+
+
+def rosenbrock_chain():
+    """Zero-residual least squares ``½ Σ_l |10 (x_l − x_{l−1}²)|² + |1 − x_l|²`` with ``x_0 = 1``.
+
+    Every layer sees the previous layer's parameters as its input; the strict minimum is at
+    ``x_l = 1``, where the loss is 0 and the Hessian ``JᵀJ`` is positive definite.
+    """
+    return ROSEN, [jnp.ones(2), jnp.ones((2, 2)), {}], (jnp.ones(2), jnp.zeros(()))
+
+
+# -- jitted helpers, one compilation per pipeline / optimiser ----------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_fn(layers):
+    return jax.jit(jax.grad(lambda p, z0: hessinv.loss(layers, p, z0)))
+
+
+def _grad(layers, params, z0):
+    return _grad_fn(layers)(params, z0)
+
+
+_loss = jax.jit(hessinv.loss, static_argnums=0)
+_hessian = jax.jit(hessinv.hessian, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _opt(layers, **kwargs):
+    """``newton(layers, **kwargs)`` and its jitted update, built once per configuration."""
+    opt = newton(layers, **kwargs)
+    return opt, jax.jit(opt.update)
+
+
+def _flat(tree):
+    return ravel_pytree(list(tree) if isinstance(tree, (list, tuple)) else tree)[0]
+
+
+def _step(layers, params, state, z0, **kwargs):
+    """One step of the (cached, jitted) ``newton(layers, **kwargs)``."""
+    _, update = _opt(layers, **kwargs)
+    updates, state = update(_grad(layers, params, z0), state, params, z0=z0)
+    return optax.apply_updates(params, updates), updates, state
+
+
+def _init(layers, params, **kwargs):
+    return _opt(layers, **kwargs)[0].init(params)
+
+
+def _ns(state) -> ScaleByNewtonState:
+    """The ScaleByNewtonState inside a chain's state."""
+    return optax.tree_utils.tree_get(state, "ScaleByNewtonState")
+
+
+def _keys_like(tree, seed=7):
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, list(jax.random.split(jax.random.PRNGKey(seed), len(leaves))))
+
+
+# -- exactness --------------------------------------------------------------------------------
+
+
+def test_one_newton_step_minimises_a_strictly_convex_quadratic():
+    layers, params, z0 = quadratic_problem(0)
+    H = _hessian(layers, params, z0)
+    assert np.linalg.eigvalsh(np.asarray(H)).min() > 0
+    x_star = _flat(params) - jnp.linalg.solve(H, _flat(_grad(layers, params, z0)))
+
+    new, _, state = _step(layers, params, _init(layers, params, damping=0.0), z0, damping=0.0)
+    info = _ns(state).info
+    assert bool(info.accepted)
+    np.testing.assert_allclose(_flat(new), x_star, rtol=1e-10, atol=1e-12)
+    assert float(jnp.linalg.norm(_flat(_grad(layers, new, z0)))) < 1e-10
+    # On a quadratic the model is the function: the ratio is 1.
+    np.testing.assert_allclose(float(info.ratio), 1.0, rtol=1e-8)
+
+
+def test_newton_converges_quadratically_near_a_strict_minimum():
+    layers, x_star_tree, z0 = rosenbrock_chain()
+    assert float(_loss(layers, x_star_tree, z0)) == 0.0
+    assert np.linalg.eigvalsh(np.asarray(_hessian(layers, x_star_tree, z0))).min() > 0.1
+    x_star = _flat(x_star_tree)
+    params = jax.tree.map(
+        lambda a, k: a + 0.03 * jax.random.normal(k, a.shape, a.dtype), x_star_tree, _keys_like(x_star_tree)
+    )
+    state = _init(layers, params, damping=0.0)
+    errs = [float(jnp.linalg.norm(_flat(params) - x_star))]
+    for _ in range(5):
+        params, _, state = _step(layers, params, state, z0, damping=0.0)
+        assert bool(_ns(state).info.accepted)
+        errs.append(float(jnp.linalg.norm(_flat(params) - x_star)))
+        if errs[-1] < 1e-14:
+            break
+    assert errs[-1] < 1e-13, errs
+    # Quadratic: e_{k+1} <= C e_k² with a moderate C, i.e. the error roughly squares each step.
+    for e0, e1 in zip(errs[:-1], errs[1:]):
+        if e0 > 1e-7:
+            assert e1 <= 20 * e0**2, errs
+    assert np.log(errs[2]) / np.log(errs[1]) > 1.7, errs
+
+
+def _outputs(layers, params, z0):
+    """The input of the last (loss) layer: the network's outputs."""
+    z = z0
+    for layer, x in zip(layers[:-1], params[:-1]):
+        if isinstance(layer, hessinv.Stack):
+            z, _ = jax.lax.scan(lambda z, x, f=layer.layer: (f(z, x), None), z, x)
+        else:
+            z = layer(z, x)
+    return z[0]
+
+
+@jax.jit
+def _dense_ggn(params, z0):
+    """``Jᵀ ∇²ℓ J`` for TANH, with ``J`` the Jacobian of the network's outputs in the flat params."""
+    x, unravel = ravel_pytree(params)
+    pre = lambda t: _outputs(TANH, unravel(t), z0)  # noqa: E731
+    J = jax.jacobian(pre)(x).reshape(-1, x.size)
+    o = pre(x)
+    Hl = jax.hessian(lambda o: t_sq((o, z0[1]), {}))(o).reshape(o.size, o.size)
+    return J.T @ Hl @ J
+
+
+@jax.jit
+def _ggn_columns(params, z0):
+    x, unravel = ravel_pytree(params)
+    blk = hessinv.blocks(TANH, params, z0, curvature="ggn")
+    return jax.vmap(lambda e: _flat(blk.matvec(unravel(e))))(jnp.eye(x.size))
+
+
+@jax.jit
+def _ggn_descent(params, z0, g, lam):
+    """``gᵀ (G + λI)^{-1} g`` and the negative-eigenvalue count of ``G + λI``, via the engine."""
+    F = hessinv.blocks(TANH, params, z0, curvature="ggn").factorize(lam)
+    return _flat(g) @ _flat(F.solve(g)), F.inertia()[1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ggn_equals_dense_jt_hessian_j(seed):
+    layers, params, z0 = tanh_net(seed)
+    G = _dense_ggn(params, z0)
+    # Column by column, the engine's GGN operator equals the dense Jᵀ ∇²ℓ J ...
+    np.testing.assert_allclose(_ggn_columns(params, z0), G, rtol=1e-10, atol=1e-12)
+    # ... and the first step of gauss_newton (LM, λ = 0.3) is (G + λI)^{-1} g, or exactly 0.
+    kw = dict(curvature="ggn", init_damping=0.3)
+    g = _grad(layers, params, z0)
+    _, updates, state = _step(layers, params, _init(layers, params, **kw), z0, **kw)
+    d_ref = jnp.linalg.solve(G + 0.3 * jnp.eye(G.shape[0]), _flat(g))
+    if bool(_ns(state).info.accepted):
+        np.testing.assert_allclose(-_flat(updates), d_ref, rtol=1e-9, atol=1e-12)
+    else:
+        assert np.all(_flat(updates) == 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_damped_ggn_steps_always_descend(seed):
+    layers, params, z0 = tanh_net(10 + seed)
+    g = _grad(layers, params, z0)
+    for lam in [1e-6, 1e-2, 1.0]:
+        gd, n_neg = _ggn_descent(params, z0, g, lam)
+        assert float(gd) > 0 and int(n_neg) == 0  # -d is a descent direction; G + λI ≻ 0
+    # ... and the LM-safeguarded GGN iteration never increases the loss.
+    kw = dict(curvature="ggn", init_damping=0.3)
+    state, losses = _init(layers, params, **kw), [float(_loss(layers, params, z0))]
+    for _ in range(6):
+        params, _, state = _step(layers, params, state, z0, **kw)
+        losses.append(float(_loss(layers, params, z0)))
+    assert all(b <= a for a, b in zip(losses[:-1], losses[1:])), losses
+    assert losses[-1] < losses[0]
+
+
+def test_ggn_needs_a_parameter_free_loss_layer():
+    layers, params, z0 = quadratic_problem(0)
+    opt = gauss_newton(layers)
+    with pytest.raises(hessinv.PipelineError, match="parameter-free loss"):
+        opt.update(params, opt.init(params), params, z0=z0)
+
+
+# -- Levenberg-Marquardt and trust region -----------------------------------------------------
+
+LM_KW = dict(damping="lm", init_damping=0.5, decrease_factor=0.25)
+
+
+def test_lm_rejected_step_leaves_params_unchanged_and_raises_damping():
+    # An uphill "gradient" (the negated one) makes the step increase the loss: it must be rejected.
+    layers, params, z0 = quadratic_problem(2)
+    _, update = _opt(layers, **LM_KW)
+    g = jax.tree.map(lambda a: -a, _grad(layers, params, z0))
+    updates, state = update(g, _init(layers, params, **LM_KW), params, z0=z0)
+    new = optax.apply_updates(params, updates)
+    s = _ns(state)
+    assert not bool(s.info.accepted) and float(s.info.trial_loss) > float(s.info.loss)
+    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+    np.testing.assert_array_equal(_flat(new), _flat(params))
+    assert float(s.info.damping) == 0.5 and float(s.damping) == pytest.approx(2.0)
+
+
+def test_lm_damping_falls_on_success():
+    layers, params, z0 = quadratic_problem(3)
+    new, _, state = _step(layers, params, _init(layers, params, **LM_KW), z0, **LM_KW)
+    s = _ns(state)
+    assert bool(s.info.accepted) and float(s.info.ratio) > 0.75
+    assert float(_loss(layers, new, z0)) < float(_loss(layers, params, z0))
+    assert float(s.damping) == pytest.approx(0.5 * 0.25)
+
+
+def test_lm_on_an_indefinite_hessian_never_increases_the_loss():
+    layers, params, z0 = indefinite_problem()
+    kw = dict(damping="lm", init_damping=1e-3)
+    state, loss = _init(layers, params, **kw), float(_loss(layers, params, z0))
+    n_accepted = n_rejected = 0
+    for _ in range(12):
+        new, _, state = _step(layers, params, state, z0, **kw)
+        s = _ns(state)
+        new_loss = float(_loss(layers, new, z0))
+        if bool(s.info.accepted):
+            n_accepted += 1
+            assert new_loss < loss
+            if float(s.info.ratio) > 0.75 and bool(s.info.positive_definite):
+                assert float(s.damping) < float(s.info.damping)  # falls on success (convex model)
+            elif not bool(s.info.positive_definite):
+                assert float(s.damping) >= float(s.info.damping)  # never falls while nonconvex
+        else:
+            n_rejected += 1
+            np.testing.assert_array_equal(_flat(new), _flat(params))
+            assert float(s.damping) > float(s.info.damping)  # rises on rejection
+        params, loss = new, new_loss
+    assert n_accepted >= 3 and n_rejected >= 1
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.3, 5.0])
+def test_inertia_diagnostics_match_dense_eigenvalues(lam):
+    layers, params, z0 = indefinite_problem()
+    kw = dict(damping=lam, inertia=True)
+    _, _, state = _step(layers, params, _init(layers, params, **kw), z0, **kw)
+    info = _ns(state).info
+    H = np.asarray(_hessian(layers, params, z0))
+    ev = np.linalg.eigvalsh(H + lam * np.eye(H.shape[0]))
+    assert int(info.n_neg) == int(np.sum(ev < 0))
+    assert bool(info.positive_definite) == bool(ev.min() > 0)
+    # Without inertia=True, only positive definiteness is known (Cholesky of the pivots).
+    kw = dict(damping=lam)
+    _, _, state = _step(layers, params, _init(layers, params, **kw), z0, **kw)
+    assert bool(_ns(state).info.positive_definite) == bool(ev.min() > 0)
+    assert int(_ns(state).info.n_neg) == (0 if ev.min() > 0 else -1)
+
+
+TR_KW = dict(damping="trust_region")
+
+
+@pytest.mark.parametrize("radius", [1e-3, 0.05, 0.5])
+def test_trust_region_step_is_within_the_radius(radius):
+    layers, params, z0 = indefinite_problem()
+    state = _init(layers, params, **TR_KW)
+    state = (_ns(state)._replace(radius=jnp.asarray(radius)),) + state[1:]
+    g = _grad(layers, params, z0)
+    _, updates, state = _step(layers, params, state, z0, **TR_KW)
+    info = _ns(state).info
+    d = -_flat(updates)
+    assert float(info.step_norm) <= radius * (1 + 1e-12)
+    assert float(jnp.linalg.norm(d)) <= radius * (1 + 1e-12)
+    # H is indefinite here, so the step is on the boundary, at a λ making H + λI ≻ 0 ...
+    assert float(info.step_norm) >= 0.9 * radius
+    H = np.asarray(_hessian(layers, params, z0))
+    lam = float(info.damping)
+    assert np.linalg.eigvalsh(H).min() < 0
+    assert np.linalg.eigvalsh(H + lam * np.eye(H.shape[0])).min() > 0
+    # ... and it is exactly (H + λI)^{-1} g at that λ, when accepted.
+    if bool(info.accepted):
+        np.testing.assert_allclose(d, np.linalg.solve(H + lam * np.eye(H.shape[0]), _flat(g)), rtol=1e-8)
+    else:
+        assert np.all(d == 0)
+
+
+def test_trust_region_iterations_respect_the_radius_and_descend():
+    layers, params, z0 = tanh_net(4)
+    state, loss = _init(layers, params, **TR_KW), float(_loss(layers, params, z0))
+    for _ in range(8):
+        radius = float(_ns(state).radius)
+        new, updates, state = _step(layers, params, state, z0, **TR_KW)
+        s = _ns(state)
+        assert float(jnp.linalg.norm(_flat(updates))) <= radius * (1 + 1e-12)
+        new_loss = float(_loss(layers, new, z0))
+        if bool(s.info.accepted):
+            assert new_loss < loss
+        else:
+            np.testing.assert_array_equal(_flat(new), _flat(params))
+            assert float(s.radius) < radius  # the radius shrinks on rejection
+        params, loss = new, new_loss
+
+
+def test_trust_region_takes_the_plain_newton_step_inside_the_radius():
+    layers, params, z0 = quadratic_problem(5)
+    H = _hessian(layers, params, z0)
+    x_star = _flat(params) - jnp.linalg.solve(H, _flat(_grad(layers, params, z0)))
+    state = _init(layers, params, **TR_KW)
+    big = 10 * jnp.linalg.norm(x_star - _flat(params))
+    state = (_ns(state)._replace(radius=big),) + state[1:]
+    new, _, state = _step(layers, params, state, z0, **TR_KW)
+    s = _ns(state)
+    # From the warm start λ = init_damping the search finds no boundary root and tries λ = 0.
+    assert bool(s.info.accepted) and float(s.info.damping) == 0.0 and int(s.info.iterations) <= 3
+    np.testing.assert_allclose(_flat(new), x_star, rtol=1e-10)
+
+
+# -- optax conventions ------------------------------------------------------------------------
+
+
+def test_unknown_extra_args_are_ignored_and_tuple_params_keep_their_structure():
+    layers, params, z0 = quadratic_problem(0)
+    opt, update = _opt(layers, damping=0.0)
+    state = opt.init(params)
+    g = _grad(layers, params, z0)
+    u1, _ = update(g, state, params, z0=z0)
+    with_extras = jax.jit(lambda g, s, p, z0: opt.update(g, s, p, z0=z0, value=1.0, grad=g, some_other_arg="x"))
+    u2, _ = with_extras(tuple(g), state, tuple(params), z0)
+    assert jax.tree.structure(u2) == jax.tree.structure(tuple(params))
+    np.testing.assert_allclose(_flat(u1), _flat(u2), rtol=1e-12)
+
+
+def test_update_needs_params_and_z0():
+    layers, params, z0 = quadratic_problem(0)
+    opt = newton(layers)
+    with pytest.raises(ValueError, match="z0"):
+        opt.update(params, opt.init(params), params)
+    with pytest.raises(ValueError, match="params"):
+        opt.update(params, opt.init(params), z0=z0)
+
+
+def test_works_inside_optax_chain():
+    layers, params, z0 = tanh_net(5)
+    kw = dict(curvature="ggn", init_damping=0.3)
+    chained = optax.chain(optax.identity(), scale_by_newton(layers, **kw), optax.scale(-0.5))
+    assert isinstance(chained, optax.GradientTransformationExtraArgs)
+    g = _grad(layers, params, z0)
+    u_ch, s_ch = jax.jit(lambda g, s, p, z0: chained.update(g, s, p, z0=z0, unused=3))(
+        g, chained.init(params), params, z0
+    )
+    _, u_ref, _ = _step(layers, params, _init(layers, params, **kw), z0, **kw)  # newton(..., learning_rate=1)
+    np.testing.assert_allclose(_flat(u_ch), 0.5 * _flat(u_ref), rtol=1e-12)
+    # The diagnostics are found by name in any chain.
+    assert isinstance(optax.tree_utils.tree_get(s_ch, "info"), NewtonInfo)
+
+
+@pytest.mark.parametrize(
+    "dtype, kw",
+    [(jnp.float32, dict(damping="lm")), (jnp.float64, dict(damping="trust_region", curvature="ggn"))],
+)
+def test_jit_update_is_traced_once_with_stable_state(dtype, kw):
+    layers, params, z0 = tanh_net(7, dtype)
+    opt = newton(layers, **kw)
+    traces = []
+
+    def update(g, state, params, z0):
+        traces.append(1)  # a Python side effect: runs once per trace, not per call
+        return opt.update(g, state, params, z0=z0)
+
+    jupdate = jax.jit(update)
+    state = opt.init(params)
+    struct = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), state)
+    assert _ns(state).damping.dtype == dtype
+    for _ in range(3):
+        updates, state = jupdate(_grad(layers, params, z0), state, params, z0)
+        params = optax.apply_updates(params, updates)
+        assert jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), state) == struct
+        assert jax.tree.map(jnp.result_type, updates) == jax.tree.map(jnp.result_type, params)
+    assert len(traces) == 1 and jupdate._cache_size() == 1
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def test_invalid_hyperparameters_raise():
+    with pytest.raises(ValueError, match="curvature"):
+        scale_by_newton(QUAD, curvature="fisher")
+    with pytest.raises(ValueError, match="damping"):
+        scale_by_newton(QUAD, damping="adaptive")
+    with pytest.raises(ValueError, match="damping"):
+        scale_by_newton(QUAD, damping=-1.0)
+    with pytest.raises(ValueError, match="increase_factor"):
+        scale_by_newton(QUAD, increase_factor=0.5)
+    with pytest.raises(TypeError, match="sequence"):
+        scale_by_newton(q_affine)
