@@ -177,7 +177,9 @@ def machine() -> dict:
         "n_devices": jax.device_count(),
         "cpu": _cpu_model(),
         "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "loadavg_at_start": load,
+        "tag": os.environ.get("HESSINV_BENCH_TAG"),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
@@ -207,11 +209,17 @@ def _jsonable(x):
     return x
 
 
+def _stem(name: str) -> str:
+    """``<name>_<platform>``, plus ``_<tag>`` from ``$HESSINV_BENCH_TAG`` (e.g. ``1core``)."""
+    tag = os.environ.get("HESSINV_BENCH_TAG")
+    return f"{name}_{jax.devices()[0].platform}" + (f"_{tag}" if tag else "")
+
+
 def write_json(record: dict, name: str, *, directory: Path | None = None) -> Path:
-    """Write ``record`` to ``<directory>/<name>_<platform>.json``; returns the path."""
+    """Write ``record`` to ``<directory>/<name>_<platform>[_<tag>].json``; returns the path."""
     directory = Path(directory) if directory else RESULTS
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}_{jax.devices()[0].platform}.json"
+    path = directory / f"{_stem(name)}.json"
     path.write_text(json.dumps(_jsonable(record), indent=1) + "\n")
     return path
 
@@ -219,4 +227,4 @@ def write_json(record: dict, name: str, *, directory: Path | None = None) -> Pat
 def result_path(name: str, ext: str, directory: Path | None = None) -> Path:
     directory = Path(directory) if directory else RESULTS
     directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"{name}_{jax.devices()[0].platform}.{ext}"
+    return directory / f"{_stem(name)}.{ext}"

@@ -63,8 +63,12 @@ def main(argv=None):
     print(f"one hvp        {t_hvp['time_s'] * 1e3:9.2f} ms   (ihvp = {t_ihvp['time_s'] / t_hvp['time_s']:.1f} hvps)")
     print(f"dense          {t_dense['time_s'] * 1e3:9.2f} ms   relative residual {r_dense:.1e}   "
           f"-> ihvp is {t_dense['time_s'] / t_ihvp['time_s']:.0f}x faster")
-    print(f"CG ({a.cg_maxiter} its) {t_cg['time_s'] * 1e3:9.2f} ms   relative residual {r_cg:.1e}"
-          f"{'' if r_cg <= 1e-8 else ' (did not reach 1e-8)'}   -> ihvp is {t_cg['time_s'] / t_ihvp['time_s']:.0f}x faster")
+    ratio = t_cg["time_s"] / t_ihvp["time_s"]
+    if r_cg <= 1e-8:
+        verdict = f"-> ihvp is {ratio:.0f}x faster"
+    else:
+        verdict = f"-> CG stopped at its {a.cg_maxiter}-iteration cap short of 1e-8, after {ratio:.0f}x ihvp's time"
+    print(f"CG             {t_cg['time_s'] * 1e3:9.2f} ms   relative residual {r_cg:.1e}   {verdict}")
     print(f"compile: ihvp {t_ihvp['compile_s']:.1f} s, dense {t_dense['compile_s']:.1f} s")
     assert err < 1e-6 and r_ihvp < 1e-8, "hessinv disagrees with the dense solve"
 

@@ -408,7 +408,8 @@ def plot(rec, path):
             for k, c in (("hessinv", "C0"), ("dense", "C3"), ("cg", "C2"), ("gmres", "C4")):
                 pts = [(r["L"], r[k]["time_s"], r[k].get("converged", True)) for r in rs if k in r]
                 if pts:
-                    ax[3].loglog([p[0] for p in pts], [p[1] for p in pts], c + ls, label=f"{k} λ={lam:g}")
+                    ax[3].loglog([p[0] for p in pts], [p[1] for p in pts], c + ls + ("o" if lam < 1 else "s"),
+                                 label=f"{k} λ={lam:g}", mfc="none" if lam >= 1 else None)
                     bad = [p for p in pts if not p[2]]
                     if bad:
                         ax[3].loglog([p[0] for p in bad], [p[1] for p in bad], "x", color=c, ms=9)
