@@ -45,7 +45,12 @@ def jax_gmres(layers, params, z0, g, damping, *, tol=1e-8, maxiter=20, restart=5
 
     ``maxiter`` counts restarts; at most ``maxiter * restart`` hvps."""
     x, _ = jax.scipy.sparse.linalg.gmres(
-        damped_hvp(layers, params, z0, damping), g, tol=tol, atol=0.0, restart=restart, maxiter=maxiter,
+        damped_hvp(layers, params, z0, damping),
+        g,
+        tol=tol,
+        atol=0.0,
+        restart=restart,
+        maxiter=maxiter,
         solve_method="batched",
     )
     return x
@@ -64,7 +69,7 @@ def counting_cg(layers, params, z0, g, damping, *, tol=1e-8, maxiter=1000):
     x0 = jax.tree.map(jnp.zeros_like, g)
 
     def cond(s):
-        _, r, _, gamma, k = s
+        _, _, _, gamma, k = s
         return (jnp.sqrt(gamma) > tol * bnorm) & (k < maxiter)
 
     def body(s):
@@ -77,5 +82,5 @@ def counting_cg(layers, params, z0, g, damping, *, tol=1e-8, maxiter=1000):
         p = axpy(gamma_new / gamma, p, r)
         return x, r, p, gamma_new, k + 1
 
-    x, r, _, gamma, k = jax.lax.while_loop(cond, body, (x0, g, g, dot(g, g), 0))
+    x, _, _, gamma, k = jax.lax.while_loop(cond, body, (x0, g, g, dot(g, g), 0))
     return x, k, jnp.sqrt(gamma) / bnorm

@@ -171,7 +171,7 @@ def machine() -> dict:
     except OSError:
         load = None
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "platform": dev.platform,
         "device": getattr(dev, "device_kind", str(dev)),
         "n_devices": jax.device_count(),

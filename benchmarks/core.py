@@ -29,13 +29,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
-import hessinv  # noqa: E402
+import hessinv
 
-from . import baselines, common  # noqa: E402
+from . import baselines, common
 
 FULL_LS = (16, 64, 256, 512, 1024, 4096)
 QUICK_LS = (16, 64, 256)
@@ -49,13 +49,19 @@ TARGETS = {
 }
 
 
-def bench_depth(L, *, damping=1e-3, dtype=jnp.float64, dense_max_n=6000, cg_maxiter=2000, repeats=7, log=print):
+def default_dtype():
+    """float64, as issue 2 asks, except on TPUs, which have none (the record says which)."""
+    return jnp.float32 if jax.devices()[0].platform == "tpu" else jnp.float64
+
+
+def bench_depth(L, *, damping=1e-3, dtype=None, dense_max_n=6000, cg_maxiter=2000, repeats=7, log=print):
     """All figures for one depth, as a dict."""
+    dtype = dtype or default_dtype()
     layers, params, z0, g = common.mlp(L, dtype=dtype)
     n = common.n_params(params)
     relres = common.make_relres(layers)
     lam = jnp.asarray(damping, dtype)
-    rr = lambda x: float(relres(params, z0, x, g, lam))  # noqa: E731
+    rr = lambda x: float(relres(params, z0, x, g, lam))
     out = {"L": L, "n": n}
 
     out["hvp"], _ = common.bench(lambda p, z, v: hessinv.hvp(layers, p, z, v), params, z0, g, repeats=repeats)
@@ -77,8 +83,13 @@ def bench_depth(L, *, damping=1e-3, dtype=jnp.float64, dense_max_n=6000, cg_maxi
 
     if n <= dense_max_n:
         out["dense"], x = common.bench(
-            lambda p, z, g, lam: baselines.dense_ihvp(layers, p, z, g, lam), params, z0, g, lam,
-            repeats=3, max_seconds=2.0,
+            lambda p, z, g, lam: baselines.dense_ihvp(layers, p, z, g, lam),
+            params,
+            z0,
+            g,
+            lam,
+            repeats=3,
+            max_seconds=2.0,
         )
         out["dense"]["relres"] = rr(x)
         H = jax.jit(lambda p, z: hessinv.hessian(layers, p, z))(params, z0)
@@ -88,13 +99,20 @@ def bench_depth(L, *, damping=1e-3, dtype=jnp.float64, dense_max_n=6000, cg_maxi
 
     out["cg"], x = common.bench(
         lambda p, z, g, lam: baselines.jax_cg(layers, p, z, g, lam, tol=1e-8, maxiter=cg_maxiter),
-        params, z0, g, lam, repeats=3, max_seconds=2.0,
+        params,
+        z0,
+        g,
+        lam,
+        repeats=3,
+        max_seconds=2.0,
     )
     out["cg"]["relres"] = rr(x)
     _, its, rec = jax.jit(
         lambda p, z, g, lam: baselines.counting_cg(layers, p, z, g, lam, tol=1e-8, maxiter=cg_maxiter)
     )(params, z0, g, lam)
-    out["cg"].update(iterations=int(its), maxiter=cg_maxiter, recursive_relres=float(rec), converged=out["cg"]["relres"] <= 1e-8)
+    out["cg"].update(
+        iterations=int(its), maxiter=cg_maxiter, recursive_relres=float(rec), converged=out["cg"]["relres"] <= 1e-8
+    )
     out["cg"]["time_per_iteration_s"] = out["cg"]["time_s"] / max(int(its), 1)
     log(_line(out))
     return out
@@ -105,13 +123,14 @@ def _fmt(sec):
 
 
 def _line(r):
-    t = lambda k: r[k]["time_s"] if k in r else None  # noqa: E731
+    t = lambda k: r[k]["time_s"] if k in r else None
     cg = r["cg"]
+    dense = f" dense {r['dense']['relres']:.1e}" if "dense" in r else ""
     return (
         f"L={r['L']:5d} n={r['n']:6d} | ms: hvp {_fmt(t('hvp'))} ihvp {_fmt(t('ihvp'))} fact {_fmt(t('factorize'))} "
         f"solve {_fmt(t('solve'))} dense {_fmt(t('dense'))} cg {_fmt(t('cg'))} ({cg['iterations']} it"
         f"{'' if cg['converged'] else ', NOT converged'}) | relres ihvp {r['ihvp']['relres']:.1e} "
-        f"cg {cg['relres']:.1e}{' dense %.1e' % r['dense']['relres'] if 'dense' in r else ''} | "
+        f"cg {cg['relres']:.1e}{dense} | "
         f"ihvp compile {r['ihvp']['compile_s']:.2f}s"
     )
 
@@ -131,8 +150,10 @@ def summarise(rows):
     if dense:
         r = max(dense, key=lambda r: r["n"])
         s["dense_at_n"] = r["n"]
-        s["dense_over_ihvp_at_n5000"] = r["dense"]["time_s"] / r["ihvp"]["time_s"]
-        s["dense_solve_only_over_ihvp_at_n5000"] = r["dense_solve"]["time_s"] / r["ihvp"]["time_s"]
+        s["dense_over_ihvp_at_largest_n"] = r["dense"]["time_s"] / r["ihvp"]["time_s"]
+        s["dense_solve_only_over_ihvp_at_largest_n"] = r["dense_solve"]["time_s"] / r["ihvp"]["time_s"]
+        if r["n"] >= 4000:  # the target is stated at n ≈ 5000
+            s["dense_over_ihvp_at_n5000"] = s["dense_over_ihvp_at_largest_n"]
     if 512 in by and 4096 in by:
         s["ihvp_growth_512_to_4096"] = by[4096]["ihvp"]["time_s"] / by[512]["ihvp"]["time_s"]
     if 64 in by and 4096 in by:
@@ -145,7 +166,11 @@ def summarise(rows):
     for k, (op, bound) in TARGETS.items():
         if k in s:
             v = s[k]
-            s["targets"][k] = {"value": v, "target": f"{op} {bound:g}", "met": bool(v <= bound if op == "<=" else v >= bound)}
+            s["targets"][k] = {
+                "value": v,
+                "target": f"{op} {bound:g}",
+                "met": bool(v <= bound if op == "<=" else v >= bound),
+            }
     return s
 
 
@@ -158,9 +183,12 @@ def plot(rows, path, title):
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     Ls = np.array([r["L"] for r in rows])
     for k, lab, st in [
-        ("hvp", "one Pearlmutter hvp", "k-o"), ("ihvp", "hessinv.ihvp (all)", "C0-o"),
-        ("factorize", "factorize", "C0--^"), ("solve", "F.solve", "C0:s"),
-        ("dense", "dense: jax.hessian + solve", "C3-d"), ("dense_solve", "dense solve alone", "C3:d"),
+        ("hvp", "one Pearlmutter hvp", "k-o"),
+        ("ihvp", "hessinv.ihvp (all)", "C0-o"),
+        ("factorize", "factorize", "C0--^"),
+        ("solve", "F.solve", "C0:s"),
+        ("dense", "dense: jax.hessian + solve", "C3-d"),
+        ("dense_solve", "dense solve alone", "C3:d"),
         ("cg", "jax CG on hvp (1e-8 or cap)", "C2-v"),
     ]:
         xs = [r["L"] for r in rows if k in r]
@@ -169,7 +197,12 @@ def plot(rows, path, title):
     ax[0].loglog(Ls, rows[-1]["hvp"]["time_s"] * Ls / Ls[-1], color="0.7", lw=0.8, label="∝ L")
     ax[0].set(xlabel="depth L", ylabel="seconds (median)", title="time")
     ax[0].legend(fontsize=7)
-    for k, lab, st in [("ihvp", "ihvp", "C0-o"), ("solve", "F.solve", "C0:s"), ("dense", "dense", "C3-d"), ("cg", "CG", "C2-v")]:
+    for k, lab, st in [
+        ("ihvp", "ihvp", "C0-o"),
+        ("solve", "F.solve", "C0:s"),
+        ("dense", "dense", "C3-d"),
+        ("cg", "CG", "C2-v"),
+    ]:
         xs = [r["L"] for r in rows if k in r]
         if xs:
             ax[1].loglog(xs, [max(r[k]["relres"], 1e-18) for r in rows if k in r], st, label=lab)
@@ -189,7 +222,9 @@ def plot(rows, path, title):
 def run(Ls=FULL_LS, *, damping=1e-3, cg_maxiter=2000, dense_max_n=6000, repeats=7, name="core", write=True, log=print):
     m = common.machine()
     log(f"# hessinv core benchmark on {m['platform']} ({m['device']}, {m['cpu']}, {m['nproc']} cores), jax {m['jax']}")
-    log("# tanh MLP, batch 4, width 4, CE head, float64, damping %g; times are medians in ms" % damping)
+    log(
+        f"# tanh MLP, batch 4, width 4, CE head, {jnp.dtype(default_dtype()).name}, damping {damping:g}; times are medians in ms"
+    )
     t0 = time.perf_counter()
     rows = [
         bench_depth(L, damping=damping, cg_maxiter=cg_maxiter, dense_max_n=dense_max_n, repeats=repeats, log=log)
@@ -201,8 +236,15 @@ def run(Ls=FULL_LS, *, damping=1e-3, cg_maxiter=2000, dense_max_n=6000, repeats=
         "machine": m,
         "config": {
             "model": "tanh MLP, Stack of L dense tanh layers + linear/softmax cross-entropy head",
-            "batch": 4, "width": 4, "classes": 4, "dtype": "float64", "damping": damping,
-            "cg_tol": 1e-8, "cg_maxiter": cg_maxiter, "dense_max_n": dense_max_n, "repeats": repeats,
+            "batch": 4,
+            "width": 4,
+            "classes": 4,
+            "dtype": jnp.dtype(default_dtype()).name,
+            "damping": damping,
+            "cg_tol": 1e-8,
+            "cg_maxiter": cg_maxiter,
+            "dense_max_n": dense_max_n,
+            "repeats": repeats,
             "timing": "jit; compile timed separately; 1 warm-up; median of repeats with block_until_ready",
         },
         "rows": rows,

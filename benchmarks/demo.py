@@ -18,12 +18,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
-import hessinv  # noqa: E402
+import hessinv
 
-from . import baselines, common  # noqa: E402
+from . import baselines, common
 
 
 def main(argv=None):
@@ -37,10 +37,12 @@ def main(argv=None):
     lam = jnp.asarray(a.damping)
     n = common.n_params(params)
     dev = jax.devices()[0]
-    print(f"tanh MLP: depth {a.depth}, batch 4, width 4, cross-entropy head; n = {n} parameters; "
-          f"λ = {a.damping:g}; float64 on {dev.platform} ({getattr(dev, 'device_kind', dev)})")
+    print(
+        f"tanh MLP: depth {a.depth}, batch 4, width 4, cross-entropy head; n = {n} parameters; "
+        f"λ = {a.damping:g}; float64 on {dev.platform} ({getattr(dev, 'device_kind', dev)})"
+    )
 
-    ihvp = lambda p, z, g, l: hessinv.ihvp(layers, p, z, g, damping=l)  # noqa: E731
+    ihvp = lambda p, z, g, l: hessinv.ihvp(layers, p, z, g, damping=l)
     t_ihvp, x = common.bench(ihvp, params, z0, g, lam, repeats=5)
     t_hvp, _ = common.bench(lambda p, z, v: hessinv.hvp(layers, p, z, v), params, z0, g, repeats=5)
     t_dense, x_dense = common.bench(
@@ -48,7 +50,12 @@ def main(argv=None):
     )
     t_cg, x_cg = common.bench(
         lambda p, z, g, l: baselines.jax_cg(layers, p, z, g, l, tol=1e-8, maxiter=a.cg_maxiter),
-        params, z0, g, lam, repeats=1, warmup=0,
+        params,
+        z0,
+        g,
+        lam,
+        repeats=1,
+        warmup=0,
     )
     relres = common.make_relres(layers)
     xf, xd = ravel_pytree(x)[0], ravel_pytree(x_dense)[0]
@@ -58,11 +65,15 @@ def main(argv=None):
     pos, neg, _ = F.inertia()
 
     print(f"H + λI has {int(neg)} negative and {int(pos)} positive eigenvalues (inertia from the pivots)")
-    print(f"hessinv.ihvp   {t_ihvp['time_s'] * 1e3:9.2f} ms   relative residual {r_ihvp:.1e}   "
-          f"vs dense answer: relative error {err:.1e}")
+    print(
+        f"hessinv.ihvp   {t_ihvp['time_s'] * 1e3:9.2f} ms   relative residual {r_ihvp:.1e}   "
+        f"vs dense answer: relative error {err:.1e}"
+    )
     print(f"one hvp        {t_hvp['time_s'] * 1e3:9.2f} ms   (ihvp = {t_ihvp['time_s'] / t_hvp['time_s']:.1f} hvps)")
-    print(f"dense          {t_dense['time_s'] * 1e3:9.2f} ms   relative residual {r_dense:.1e}   "
-          f"-> ihvp is {t_dense['time_s'] / t_ihvp['time_s']:.0f}x faster")
+    print(
+        f"dense          {t_dense['time_s'] * 1e3:9.2f} ms   relative residual {r_dense:.1e}   "
+        f"-> ihvp is {t_dense['time_s'] / t_ihvp['time_s']:.0f}x faster"
+    )
     ratio = t_cg["time_s"] / t_ihvp["time_s"]
     if r_cg <= 1e-8:
         verdict = f"-> ihvp is {ratio:.0f}x faster"

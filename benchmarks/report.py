@@ -1,6 +1,6 @@
 """Markdown tables from the JSON records in ``benchmarks/results/`` (for docs and the README).
 
-    python -m benchmarks.report results/core_cpu.json [results/full_cpu.json ...]
+python -m benchmarks.report results/core_cpu.json [results/full_cpu.json ...]
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ def _ms(x):
 
 
 def machine_line(m):
-    return (f"{m['platform']} ({m['device']}), {m['cpu']}, {m['nproc']} cores"
-            f"{'' if m.get('cpus_usable') in (None, m['nproc']) else ', pinned to %s' % m['cpus_usable']}, "
-            f"jax {m['jax']}, {m['date_utc']}, load average at start {', '.join('%.1f' % v for v in m['loadavg_at_start'] or [])}")
+    pinned = "" if m.get("cpus_usable") in (None, m["nproc"]) else f", pinned to {m['cpus_usable']}"
+    return (
+        f"{m['platform']} ({m['device']}), {m['cpu']}, {m['nproc']} cores"
+        f"{pinned}, "
+        f"jax {m['jax']}, {m['date_utc']}, load average at start {', '.join(f'{v:.1f}' for v in m['loadavg_at_start'] or [])}"
+    )
 
 
 def core_tables(rec):
     out = [f"Machine: {machine_line(rec['machine'])}.", ""]
-    out.append("| L | n | hvp ms | ihvp ms | ihvp/hvp | factorize ms | F.solve ms | solve/hvp | dense ms (solve alone) | CG ms (its, relres) | relres ihvp | ihvp compile s |")
+    out.append(
+        "| L | n | hvp ms | ihvp ms | ihvp/hvp | factorize ms | F.solve ms | solve/hvp | dense ms (solve alone) | CG ms (its, relres) | relres ihvp | ihvp compile s |"
+    )
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rec["rows"]:
         cg = r["cg"]

@@ -32,30 +32,42 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
 
-import hessinv  # noqa: E402
+import hessinv
 
-from . import baselines, common, core  # noqa: E402
+from . import baselines, common, core
 
 SIZES = {
     "quick": {
         "depth_Ls": (64, 256, 1024),
-        "widths": (2, 4, 8), "batches": (8, 32), "width_L": 8, "ref_N": 1000,
-        "alt_Ls": (64,), "krylov_maxiter": 500,
-        "rhs_L": 64, "rhs_ks": (1, 64),
+        "widths": (2, 4, 8),
+        "batches": (8, 32),
+        "width_L": 8,
+        "ref_N": 1000,
+        "alt_Ls": (64,),
+        "krylov_maxiter": 500,
+        "rhs_L": 64,
+        "rhs_ks": (1, 64),
         "mem_Ls": (64, 1024, 4096),
-        "repeats": 3, "extra": False,
+        "repeats": 3,
+        "extra": False,
     },
     "full": {
         "depth_Ls": (16, 64, 256, 1024, 4096, 16384),
-        "widths": (2, 4, 8, 16, 22), "batches": (2, 8, 32, 128), "width_L": 32, "ref_N": 4000,
-        "alt_Ls": (16, 64, 256, 1024), "krylov_maxiter": 1000,
-        "rhs_L": 256, "rhs_ks": (1, 16, 256),
+        "widths": (2, 4, 8, 16, 22),
+        "batches": (2, 8, 32, 128),
+        "width_L": 32,
+        "ref_N": 4000,
+        "alt_Ls": (16, 64, 256, 1024),
+        "krylov_maxiter": 1000,
+        "rhs_L": 256,
+        "rhs_ks": (1, 16, 256),
         "mem_Ls": (16, 64, 256, 1024, 4096, 16384),
-        "repeats": 5, "extra": True,
+        "repeats": 5,
+        "extra": True,
     },
 }
 PD_DAMPING = 5.0  # large enough that H + λI ≻ 0 for this net (the inertia is recorded to show it)
@@ -79,11 +91,15 @@ def depth_job(L, cfg, dtype):
     r = {"L": L, "n": common.n_params(params)}
     rep = cfg["repeats"]
     r["hvp"], _ = common.bench(lambda p, z, v: hessinv.hvp(layers, p, z, v), params, z0, g, repeats=rep)
-    r["ihvp"], x = common.bench(lambda p, z, g, l: hessinv.ihvp(layers, p, z, g, damping=l), params, z0, g, lam, repeats=rep)
+    r["ihvp"], x = common.bench(
+        lambda p, z, g, l: hessinv.ihvp(layers, p, z, g, damping=l), params, z0, g, lam, repeats=rep
+    )
     r["blocks"], B = common.bench(lambda p, z: hessinv.blocks(layers, p, z), params, z0, repeats=rep)
     r["factor_recursion"], _ = common.bench(lambda B, l: B.factorize(l), B, lam, repeats=rep)
     if cfg["extra"]:  # blocks + recursion in one jit, returning the whole Factorization
-        r["factorize"], _ = common.bench(lambda p, z, l: hessinv.factorize(layers, p, z, damping=l), params, z0, lam, repeats=rep)
+        r["factorize"], _ = common.bench(
+            lambda p, z, l: hessinv.factorize(layers, p, z, damping=l), params, z0, lam, repeats=rep
+        )
     F = jax.jit(lambda B, l: B.factorize(l))(B, lam)
     r["solve"], _ = common.bench(lambda F, g: F.solve(g), F, g, repeats=rep)
     r["ihvp"]["relres"] = float(common.make_relres(layers)(params, z0, x, g, lam))
@@ -97,7 +113,8 @@ def depth_summary(rows):
     by = {r["L"]: r for r in rows}
     return {
         f"exponent_{k}_vs_L (L>={min(Ls)})": common.fit_exponent(Ls, [by[L][k]["time_s"] for L in Ls])
-        for k in ("hvp", "ihvp", "blocks", "factor_recursion", "factorize", "solve") if k in rows[0]
+        for k in ("hvp", "ihvp", "blocks", "factor_recursion", "factorize", "solve")
+        if k in rows[0]
     } | {"ihvp_over_hvp": {r["L"]: r["ihvp"]["time_s"] / r["hvp"]["time_s"] for r in rows}}
 
 
@@ -124,7 +141,9 @@ def width_job(batch, width, cfg, dtype, sweep):
     r["blocks"], B = common.bench(lambda p_, z: hessinv.blocks(layers, p_, z), params, z0, repeats=rep, max_seconds=5)
     r["factor_recursion"], F = common.bench(lambda B, l: B.factorize(l), B, lam, repeats=rep, max_seconds=5)
     r["solve"], _ = common.bench(lambda F, g: F.solve(g), F, g, repeats=rep, max_seconds=5)
-    r["hvp"], _ = common.bench(lambda p_, z, v: hessinv.hvp(layers, p_, z, v), params, z0, g, repeats=rep, max_seconds=5)
+    r["hvp"], _ = common.bench(
+        lambda p_, z, v: hessinv.hvp(layers, p_, z, v), params, z0, g, repeats=rep, max_seconds=5
+    )
     fl = (L - 1) * factor_flops(a, p)  # the L - 1 stages with a_in = a (the first has a_in = 0)
     r["factor_gflops"] = fl / r["factor_recursion"]["time_s"] / 1e9
     r["solve_gflops"] = (L - 1) * solve_flops(a, p) / r["solve"]["time_s"] / 1e9
@@ -146,7 +165,9 @@ def width_summary(rows, ref):
         if len(rs) >= 2:
             x = [r["a_plus_p"] for r in rs]
             for k in ("factor_recursion", "solve", "blocks"):
-                s[f"{sweep}_sweep_exponent_{k}_vs_a_plus_p"] = common.fit_exponent(x[-3:], [r[k]["time_s"] for r in rs][-3:])
+                s[f"{sweep}_sweep_exponent_{k}_vs_a_plus_p"] = common.fit_exponent(
+                    x[-3:], [r[k]["time_s"] for r in rs][-3:]
+                )
     best = max(rows, key=lambda r: r["factor_gflops"])
     s["best_factor_gflops"] = best["factor_gflops"]
     s["best_factor_gflops_at"] = {"batch": best["batch"], "width": best["width"]}
@@ -186,14 +207,16 @@ def alt_job(L, lam_value, cfg, dtype):
     n = common.n_params(params)
     tol, mx = _tol(dtype), cfg["krylov_maxiter"]
     relres = common.make_relres(layers)
-    rr = lambda x: float(relres(params, z0, x, g, lam))  # noqa: E731
+    rr = lambda x: float(relres(params, z0, x, g, lam))
     rep = cfg["repeats"]
     r = {"L": L, "n": n, "damping": lam_value}
     F = hessinv.factorize(layers, params, z0, damping=lam)
     pos, neg, zero = jax.jit(lambda F: F.inertia())(F)
     r["inertia"] = {"pos": int(pos), "neg": int(neg), "zero": int(zero)}
     r["hvp"], _ = common.bench(lambda p, z, v: hessinv.hvp(layers, p, z, v), params, z0, g, repeats=rep)
-    r["hessinv"], x = common.bench(lambda p, z, g, l: hessinv.ihvp(layers, p, z, g, damping=l), params, z0, g, lam, repeats=rep)
+    r["hessinv"], x = common.bench(
+        lambda p, z, g, l: hessinv.ihvp(layers, p, z, g, damping=l), params, z0, g, lam, repeats=rep
+    )
     r["hessinv"]["relres"] = rr(x)
     if n <= 6000:
         r["dense"], x = common.bench(
@@ -201,8 +224,13 @@ def alt_job(L, lam_value, cfg, dtype):
         )
         r["dense"]["relres"] = rr(x)
     r["cg"], x = common.bench(
-        lambda p, z, g, l: baselines.jax_cg(layers, p, z, g, l, tol=tol, maxiter=mx), params, z0, g, lam,
-        repeats=rep, max_seconds=2,
+        lambda p, z, g, l: baselines.jax_cg(layers, p, z, g, l, tol=tol, maxiter=mx),
+        params,
+        z0,
+        g,
+        lam,
+        repeats=rep,
+        max_seconds=2,
     )
     r["cg"]["relres"] = rr(x)
     r["cg"]["hvps"], _ = _count_hvps(
@@ -212,12 +240,26 @@ def alt_job(L, lam_value, cfg, dtype):
     gm_max = max(1, mx // restart)
     r["gmres"], x = common.bench(
         lambda p, z, g, l: baselines.jax_gmres(layers, p, z, g, l, tol=tol, maxiter=gm_max, restart=restart),
-        params, z0, g, lam, repeats=rep, max_seconds=2,
+        params,
+        z0,
+        g,
+        lam,
+        repeats=rep,
+        max_seconds=2,
     )
     r["gmres"]["relres"] = rr(x)
     r["gmres"]["hvps"], _ = _count_hvps(
-        layers, params, z0, g, lam, jax.scipy.sparse.linalg.gmres, tol=tol, atol=0.0, restart=restart,
-        maxiter=gm_max, solve_method="batched",
+        layers,
+        params,
+        z0,
+        g,
+        lam,
+        jax.scipy.sparse.linalg.gmres,
+        tol=tol,
+        atol=0.0,
+        restart=restart,
+        maxiter=gm_max,
+        solve_method="batched",
     )
     for k in ("cg", "gmres"):
         r[k]["converged"] = r[k]["relres"] <= 10 * tol
@@ -237,14 +279,23 @@ def rhs_job(k, cfg, dtype):
     tol = _tol(dtype)
     r = {"L": L, "k": k, "damping": PD_DAMPING}
     F = hessinv.factorize(layers, params, z0, damping=lam)
-    r["factorize"], _ = common.bench(lambda p, z, l: hessinv.factorize(layers, p, z, damping=l), params, z0, lam, repeats=rep)
+    r["factorize"], _ = common.bench(
+        lambda p, z, l: hessinv.factorize(layers, p, z, damping=l), params, z0, lam, repeats=rep
+    )
     r["vmap_solve"], X = common.bench(lambda F, gs: jax.vmap(F.solve)(gs), F, gs, repeats=rep, max_seconds=5)
     r["vmap_cg"], Y = common.bench(
-        lambda p, z, gs, l: jax.vmap(lambda g: baselines.jax_cg(layers, p, z, g, l, tol=tol, maxiter=cfg["krylov_maxiter"]))(gs),
-        params, z0, gs, lam, repeats=rep, max_seconds=5,
+        lambda p, z, gs, l: jax.vmap(
+            lambda g: baselines.jax_cg(layers, p, z, g, l, tol=tol, maxiter=cfg["krylov_maxiter"])
+        )(gs),
+        params,
+        z0,
+        gs,
+        lam,
+        repeats=rep,
+        max_seconds=5,
     )
     relres = common.make_relres(layers)
-    one = lambda T, i: jax.tree.map(lambda a: a[i], T)  # noqa: E731
+    one = lambda T, i: jax.tree.map(lambda a: a[i], T)
     idx = range(min(k, 4))
     r["vmap_solve"]["max_relres"] = max(float(relres(params, z0, one(X, i), one(gs, i), lam)) for i in idx)
     r["vmap_cg"]["max_relres"] = max(float(relres(params, z0, one(Y, i), one(gs, i), lam)) for i in idx)
@@ -289,8 +340,15 @@ def memory_job(L, cfg, dtype):
 # -- driver -----------------------------------------------------------------------------------------
 
 
-def plan(size, dtype, only):
-    cfg = SIZES[size]
+def plan(size, dtype, only, krylov_maxiter=None):
+    cfg = dict(SIZES[size])
+    if krylov_maxiter:
+        cfg["krylov_maxiter"] = krylov_maxiter
+    elif jax.devices()[0].platform != "cpu":
+        # On an accelerator each hvp of a deep net is a long chain of small kernels; at λ = 1e-3
+        # the Krylov baselines never converge, so their cap only sets how long they burn.
+        # A lower cap keeps the accelerator run within a few minutes.
+        cfg["krylov_maxiter"] = min(cfg["krylov_maxiter"], 300)
     jobs = []
     if "depth" in only:
         jobs += [("depth", f"depth L={L}", lambda L=L: depth_job(L, cfg, dtype)) for L in cfg["depth_Ls"]]
@@ -301,7 +359,8 @@ def plan(size, dtype, only):
     if "alternatives" in only:
         jobs += [
             ("alternatives", f"alternatives L={L} λ={lam:g}", lambda L=L, lam=lam: alt_job(L, lam, cfg, dtype))
-            for lam in (1e-3, PD_DAMPING) for L in cfg["alt_Ls"]
+            for lam in (1e-3, PD_DAMPING)
+            for L in cfg["alt_Ls"]
         ]
     if "rhs" in only:
         jobs += [("rhs", f"rhs k={k}", lambda k=k: rhs_job(k, cfg, dtype)) for k in cfg["rhs_ks"]]
@@ -313,12 +372,20 @@ def plan(size, dtype, only):
 SUITE_NAMES = ("depth", "width", "alternatives", "rhs", "memory")
 
 
-def run(size="quick", only=SUITE_NAMES, write=True):
+def run(size="quick", only=SUITE_NAMES, write=True, krylov_maxiter=None):
     dtype = _dtype()
-    cfg, jobs = plan(size, dtype, only)
+    cfg, jobs = plan(size, dtype, only, krylov_maxiter)
     t0 = time.perf_counter()
-    rec = {"suite": size, "machine": common.machine(), "config": dict(cfg, dtype=jnp.dtype(dtype).name,
-           pd_damping=PD_DAMPING, timing="jit; compile timed separately; 1 warm-up; median of repeats with block_until_ready")}
+    rec = {
+        "suite": size,
+        "machine": common.machine(),
+        "config": dict(
+            cfg,
+            dtype=jnp.dtype(dtype).name,
+            pd_damping=PD_DAMPING,
+            timing="jit; compile timed separately; 1 warm-up; median of repeats with block_until_ready",
+        ),
+    }
     res = {k: [] for k in ("depth", "width", "width_ref", "alternatives", "rhs", "memory")}
     bar = tqdm(jobs, desc=f"{size} suite", unit="job")
     for kind, label, job in bar:
@@ -333,20 +400,32 @@ def run(size="quick", only=SUITE_NAMES, write=True):
         summary["width"] = width_summary(res["width"], res["width_ref"])
     if res["alternatives"]:
         summary["alternatives"] = [
-            {"L": r["L"], "damping": r["damping"], "inertia_neg": r["inertia"]["neg"],
-             "cg_over_hessinv": r["cg"]["time_s"] / r["hessinv"]["time_s"], "cg_converged": r["cg"]["converged"],
-             "gmres_over_hessinv": r["gmres"]["time_s"] / r["hessinv"]["time_s"], "gmres_converged": r["gmres"]["converged"],
-             **({"dense_over_hessinv": r["dense"]["time_s"] / r["hessinv"]["time_s"]} if "dense" in r else {})}
+            {
+                "L": r["L"],
+                "damping": r["damping"],
+                "inertia_neg": r["inertia"]["neg"],
+                "cg_over_hessinv": r["cg"]["time_s"] / r["hessinv"]["time_s"],
+                "cg_converged": r["cg"]["converged"],
+                "gmres_over_hessinv": r["gmres"]["time_s"] / r["hessinv"]["time_s"],
+                "gmres_converged": r["gmres"]["converged"],
+                **({"dense_over_hessinv": r["dense"]["time_s"] / r["hessinv"]["time_s"]} if "dense" in r else {}),
+            }
             for r in res["alternatives"]
         ]
     if res["rhs"]:
-        summary["rhs"] = {r["k"]: {"cg_over_hessinv": r["cg_over_hessinv"],
-                                   "solve_per_rhs_s": r["vmap_solve"]["time_s"] / r["k"],
-                                   "cg_per_rhs_s": r["vmap_cg"]["time_s"] / r["k"]} for r in res["rhs"]}
+        summary["rhs"] = {
+            r["k"]: {
+                "cg_over_hessinv": r["cg_over_hessinv"],
+                "solve_per_rhs_s": r["vmap_solve"]["time_s"] / r["k"],
+                "cg_per_rhs_s": r["vmap_cg"]["time_s"] / r["k"],
+            }
+            for r in res["rhs"]
+        }
     if res["memory"]:
         summary["memory"] = {
             "exponent_ihvp_total_bytes_vs_L": common.fit_exponent(
-                [r["L"] for r in res["memory"]], [r["ihvp"]["total_bytes"] for r in res["memory"] if r["ihvp"]]),
+                [r["L"] for r in res["memory"]], [r["ihvp"]["total_bytes"] for r in res["memory"] if r["ihvp"]]
+            ),
         }
     rec.update(results=res, summary=summary, wall_s=time.perf_counter() - t0)
     if write:
@@ -377,8 +456,14 @@ def plot(rec, path):
     d = res["depth"]
     if d:
         Ls = np.array([r["L"] for r in d])
-        for k, st in [("hvp", "k-o"), ("ihvp", "C0-o"), ("factorize", "C0--^"), ("blocks", "C1:x"),
-                      ("factor_recursion", "C2:+"), ("solve", "C0:s")]:
+        for k, st in [
+            ("hvp", "k-o"),
+            ("ihvp", "C0-o"),
+            ("factorize", "C0--^"),
+            ("blocks", "C1:x"),
+            ("factor_recursion", "C2:+"),
+            ("solve", "C0:s"),
+        ]:
             if k not in d[0]:
                 continue
             ax[0].loglog(Ls, [r[k]["time_s"] for r in d], st, label=k)
@@ -408,8 +493,13 @@ def plot(rec, path):
             for k, c in (("hessinv", "C0"), ("dense", "C3"), ("cg", "C2"), ("gmres", "C4")):
                 pts = [(r["L"], r[k]["time_s"], r[k].get("converged", True)) for r in rs if k in r]
                 if pts:
-                    ax[3].loglog([p[0] for p in pts], [p[1] for p in pts], c + ls + ("o" if lam < 1 else "s"),
-                                 label=f"{k} λ={lam:g}", mfc="none" if lam >= 1 else None)
+                    ax[3].loglog(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        c + ls + ("o" if lam < 1 else "s"),
+                        label=f"{k} λ={lam:g}",
+                        mfc="none" if lam >= 1 else None,
+                    )
                     bad = [p for p in pts if not p[2]]
                     if bad:
                         ax[3].loglog([p[0] for p in bad], [p[1] for p in bad], "x", color=c, ms=9)
@@ -421,7 +511,11 @@ def plot(rec, path):
         ax[4].loglog(ks, [r["hessinv_total_s"] for r in rh], "C0-o", label="factorize + vmap(F.solve)")
         ax[4].loglog(ks, [r["vmap_solve"]["time_s"] for r in rh], "C0:s", label="vmap(F.solve) alone")
         ax[4].loglog(ks, [r["vmap_cg"]["time_s"] for r in rh], "C2-v", label="vmap(CG)")
-        ax[4].set(xlabel="right-hand sides", ylabel="seconds", title=f"4. many right-hand sides (L = {rh[0]['L']}, λ = {PD_DAMPING:g})")
+        ax[4].set(
+            xlabel="right-hand sides",
+            ylabel="seconds",
+            title=f"4. many right-hand sides (L = {rh[0]['L']}, λ = {PD_DAMPING:g})",
+        )
         ax[4].legend(fontsize=7)
     me = res["memory"]
     if me:
@@ -433,8 +527,11 @@ def plot(rec, path):
         ax[5].loglog(Ls, [r["dense_hessian_bytes"] for r in me], "C3--", label="dense Hessian 8n²")
         ax[5].set(xlabel="depth L", ylabel="bytes", title="5. memory (XLA memory analysis)")
         ax[5].legend(fontsize=7)
-    fig.suptitle(f"hessinv benchmarks ({rec['suite']}): {m['platform']} / {m['device']} / {m['cpu']} ({m['nproc']} cores), "
-                 f"jax {m['jax']}, {rec['config']['dtype']}", fontsize=10)
+    fig.suptitle(
+        f"hessinv benchmarks ({rec['suite']}): {m['platform']} / {m['device']} / {m['cpu']} ({m['nproc']} cores), "
+        f"jax {m['jax']}, {rec['config']['dtype']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -444,12 +541,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="hessinv benchmark suites")
     ap.add_argument("--suite", choices=("quick", "full", "core"), default="quick")
     ap.add_argument("--only", nargs="*", choices=SUITE_NAMES, default=list(SUITE_NAMES))
+    ap.add_argument(
+        "--krylov-maxiter", type=int, help="cap on CG/GMRES hvps (default: 500 quick, 1000 full; 300 on GPU/TPU)"
+    )
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     if a.suite == "core":
         core.run(core.FULL_LS, write=not a.no_write)
     else:
-        run(a.suite, tuple(a.only), write=not a.no_write)
+        run(a.suite, tuple(a.only), write=not a.no_write, krylov_maxiter=a.krylov_maxiter)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ def nb(cells):
     for kind, text in cells:
         text = text.strip("\n")
         out.append(new_markdown_cell(text) if kind == "md" else new_code_cell(text))
+    for i, cell in enumerate(out):
+        cell["id"] = f"cell-{i:02d}"  # deterministic ids: regenerating does not churn the diff
     book = new_notebook(cells=out)
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     book.metadata["language_info"] = {"name": "python"}
@@ -25,7 +27,9 @@ def nb(cells):
 
 
 QUICKSTART = [
-    ("md", """
+    (
+        "md",
+        """
 # hessinv quickstart
 
 `hessinv` computes exact inverse-Hessian-vector products `(H + λI)^{-1} g` for deep networks in
@@ -38,13 +42,19 @@ list of layers, then checks every result against the dense Hessian:
 
 It runs in a few seconds on a laptop CPU; raise `DEPTH` for a bigger run (the dense checks are
 skipped above `DENSE_MAX_N` parameters).
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 DEPTH = 16          # tanh layers in the middle; try 1024 (the dense checks switch off)
 BATCH, WIDTH, CLASSES = 4, 4, 3
 DENSE_MAX_N = 4000  # dense reference only up to this many parameters
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import jax
 jax.config.update("jax_enable_x64", True)   # float64: residuals near 1e-12
 import jax.numpy as jnp
@@ -52,8 +62,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import hessinv
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## A network is a list of layers
 
 A layer is a pure function `f(z, x) -> z_next` of the activations `z` and its parameters `x`
@@ -62,8 +75,11 @@ layer; integer leaves (the labels here) are carried along as constants.
 
 `hessinv.Stack(fn, depth)` is a run of `depth` copies of one layer whose parameters are stacked
 on a leading axis: it compiles once, whatever the depth.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 def embed(z, x):                      # inputs (BATCH, 2) -> (BATCH, WIDTH)
     return {"h": jnp.tanh(z["h"] @ x["W"] + x["c"]), "y": z["y"]}
 
@@ -90,14 +106,20 @@ z0 = {"h": jax.random.normal(keys[3], (BATCH, 2)), "y": jax.random.randint(keys[
 flat, unravel = ravel_pytree(params)
 n = flat.size
 print("loss", hessinv.loss(layers, params, z0), " parameters n =", n)
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Hessian-vector products
 
 `hessinv.hvp` is Pearlmutter's `jax.jvp(jax.grad(loss))`. We compare it with the dense Hessian
 (`hessinv.hessian`, whose rows follow `ravel_pytree(params)`).
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 v = unravel(jax.random.normal(keys[5], (n,)))
 Hv = hessinv.hvp(layers, params, z0, v)
 
@@ -109,15 +131,21 @@ if DENSE:
     assert err < 1e-10
     eig = jnp.linalg.eigvalsh(H)
     print(f"eigenvalues of H: min {eig[0]:.3g}, max {eig[-1]:.3g}, negative {int(jnp.sum(eig < 0))} of {n}")
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Inverse-Hessian-vector products
 
 `hessinv.ihvp(layers, params, z0, g, damping=λ)` returns `(H + λI)^{-1} g` exactly (to rounding),
 by a backward and a forward pass over the layers. At a random initialisation `H` is indefinite:
 that is fine, as long as no stage pivot is singular (under `jit`, ask for `return_info=True`).
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 g = jax.grad(lambda p: hessinv.loss(layers, p, z0))(params)   # e.g. a Newton step direction
 g_flat = ravel_pytree(g)[0]
 
@@ -135,32 +163,44 @@ for lam in (1e-3, 1e-1, 1.0):
         assert err < 1e-7, err
     assert relres < 1e-8, relres
     print(line)
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Why damping: this `H` is singular
 
 Each tanh layer has `WIDTH² + WIDTH = 20` parameters but only `BATCH × WIDTH = 16`
 pre-activations, so some parameter directions change nothing (and the softmax is invariant to
 shifting all logits): `H` has exact zero eigenvalues, as the dense spectrum above shows. Without
 damping there is no inverse, and `ihvp` says so instead of returning a wrong number.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 try:
     hessinv.ihvp(layers, params, z0, g, damping=0.0)
 except hessinv.SingularPivotError as e:
     print("SingularPivotError:", str(e)[:160], "...")
 else:
     raise AssertionError("expected a SingularPivotError at λ = 0")
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Factorise once, solve many times
 
 `hessinv.factorize` keeps the factorisation (a pytree, so it crosses `jit`). Each extra solve
 costs about one hvp; `jax.vmap(F.solve)` handles a batch of right-hand sides. The pivots also
 give `log|det(H + λI)|` and its sign, and the inertia (how many eigenvalues are positive,
 negative, zero): Sylvester's law of inertia on `H + λI = Tᵀ blockdiag(Q_uu) T`.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 lam = 1e-3
 # Under jit, as in real use (an eager call runs op by op). `check()` raises, as `ihvp` would,
 # if a pivot is singular or anything is not finite; it returns F.
@@ -184,14 +224,20 @@ if DENSE:
     assert err < 1e-7
     assert abs(logabs - l_dense) < 1e-8 * max(1.0, abs(l_dense)) and sign == s_dense
     assert (int(n_pos), int(n_neg)) == (int(jnp.sum(eig > 0)), int(jnp.sum(eig < 0)))
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Under `jit`
 
 Everything composes with `jax.jit` (and `vmap`, `grad`). Inside `jit` nothing can raise, so
 `return_info=True` hands back the pivot diagnostics as arrays.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 @jax.jit
 def newton_direction(params, z0, lam):
     g = jax.grad(lambda p: hessinv.loss(layers, p, z0))(params)
@@ -200,12 +246,15 @@ def newton_direction(params, z0, lam):
 step, info = newton_direction(params, z0, 1e-3)
 print("ok:", bool(info.ok), " smallest pivot reciprocal condition:", float(info.min_rcond))
 assert bool(info.ok)
-"""),
+""",
+    ),
 ]
 
 
 INFLUENCE = [
-    ("md", """
+    (
+        "md",
+        """
 # Influence functions with one factorisation
 
 Koh & Liang (2017, "Understanding black-box predictions via influence functions", ICML) measure
@@ -221,16 +270,22 @@ factorisation** of `H + λI`, then **one solve per training point** (`jax.vmap(F
 about the cost of an hvp. We check every influence against the dense Hessian on a small net.
 
 Set `N_TRAIN`, `DEPTH` higher for a bigger run (the dense check switches off above `DENSE_MAX_N`).
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 N_TRAIN, N_TEST = 48, 8
 DEPTH, WIDTH = 4, 6
 TRAIN_STEPS = 1500   # Adam, then
 NEWTON_STEPS = 60    # at most this many Levenberg-Marquardt / Newton steps with hessinv
 DAMPING = 3e-2       # weight decay λ: the objective is mean loss + λ/2 |θ|²
 DENSE_MAX_N = 3000
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
@@ -240,15 +295,21 @@ from jax.flatten_util import ravel_pytree
 from sklearn.datasets import make_moons
 
 import hessinv
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Data and a deep narrow classifier
 
 Two interleaved half-moons (generated, no download). The network is a list of layers; its
 batch `z0` is the whole training set, so `hessinv.loss` is the mean training loss and `H` its
 Hessian.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 X, y = make_moons(N_TRAIN + N_TEST, noise=0.2, random_state=0)
 X, y = jnp.asarray(X), jnp.asarray(y, jnp.int32)
 train = {"h": X[:N_TRAIN], "y": y[:N_TRAIN]}
@@ -278,8 +339,11 @@ loss = lambda p, z: hessinv.loss(layers, p, z)
 objective = lambda p, z: loss(p, z) + 0.5 * DAMPING * sum(jnp.vdot(a, a) for a in jax.tree.leaves(p))
 n = ravel_pytree(params)[0].size
 print("parameters:", n)
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 opt = optax.adam(optax.exponential_decay(3e-2, TRAIN_STEPS, 1e-2))
 
 @jax.jit
@@ -299,16 +363,22 @@ def logits(p, z):
 acc = lambda z: float(jnp.mean(jnp.argmax(logits(params, z), -1) == z["y"]))
 grad_flat = ravel_pytree(jax.grad(objective)(params, train))[0]
 print(f"after Adam: objective {l:.4f}, |grad| {jnp.linalg.norm(grad_flat):.2e}")
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 Influence functions assume an optimum, and Adam stops near one, often beside a saddle (`H + λI`
 still has a few negative eigenvalues there). Exact Newton steps with `hessinv.ihvp` finish the
 job. Plain Newton would head for the saddle, so we add a Levenberg-Marquardt shift `μ` (accept a
 step and shrink `μ` when the objective falls, grow `μ` otherwise); near the minimum `μ → 0` and
 the steps become exact Newton steps, converging quadratically. The damping `λ` is the weight decay,
 so `H + λI` *is* the objective's Hessian. The inertia then confirms a minimum.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 @jax.jit
 def lm_step(params, mu):
     g = jax.grad(objective)(params, train)
@@ -331,14 +401,20 @@ gn = float(gradnorm(params))
 print(f"after {it + 1} Levenberg-Marquardt/Newton steps: objective {f:.6f}, |grad| {gn:.1e}")
 print(f"train accuracy {acc(train):.2f}, test accuracy {acc(test):.2f}")
 assert gn < 1e-8, "not converged: raise NEWTON_STEPS"
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## One factorisation, many solves
 
 Per-example gradients `∇ℓ(z_i)` are the gradients of the same pipeline on a batch of one.
 Then `jax.vmap(F.solve)` gives `(H + λI)^{-1} ∇ℓ(z_i)` for every training point at once.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 def example_grad(p, xi, yi):
     return jax.grad(loss)(p, {"h": xi[None], "y": yi[None]})
 
@@ -354,15 +430,21 @@ solves = jax.jit(jax.vmap(F.solve))(train_grads)          # (H + λI)^{-1} ∇�
 flat = jax.vmap(lambda t: ravel_pytree(t)[0])
 influence = -flat(test_grads) @ flat(solves).T              # (N_TEST, N_TRAIN)
 print("influence matrix", influence.shape)
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## Check against the dense Hessian
 
 Same quantities with `jax.hessian` and a dense solve. The influences must agree to rounding.
 We also check the symmetric route of Koh & Liang (one solve per *test* point,
 `s_test = (H + λI)^{-1} ∇ℓ(z_test)`, then dot products), which must give the same matrix.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 s_test = jax.vmap(F.solve)(test_grads)
 influence_via_s_test = -flat(s_test) @ flat(train_grads).T
 err_sym = jnp.max(jnp.abs(influence_via_s_test - influence)) / jnp.max(jnp.abs(influence))
@@ -378,22 +460,31 @@ if n <= DENSE_MAX_N:
     print(f"dense eigenvalues of H + λI: min {eig[0]:.3g}, max {eig[-1]:.3g}")
     print(f"hessinv vs dense influence: max relative error {err:.1e}")
     assert err < 1e-8
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 ## The most helpful and most harmful training points
 
 A negative influence means up-weighting that training point lowers the test loss (it helps);
 a positive one means it hurts.
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 j = 0   # a test point
 order = jnp.argsort(influence[j])
 print(f"test point {j}: x = {np.asarray(test['h'][j]).round(2)}, label {int(test['y'][j])}")
 fmt = lambda i: f"#{int(i)} (label {int(train['y'][i])}, x = {np.asarray(train['h'][i]).round(2)}): {float(influence[j, i]):+.3g}"
 print("most helpful:", *map(fmt, order[:3]), sep="\\n  ")
 print("least helpful (harmful where positive):", *map(fmt, order[-3:][::-1]), sep="\\n  ")
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(5, 4))
@@ -402,7 +493,8 @@ sc = ax.scatter(train["h"][:, 0], train["h"][:, 1], c=np.asarray(influence[j]), 
 ax.scatter(*np.asarray(test["h"][j]), marker="*", s=250, c="gold", edgecolors="k")
 plt.colorbar(sc, label="influence on the test loss (blue: helps)")
 ax.set_title("influence of each training point on the starred test point");
-"""),
+""",
+    ),
 ]
 
 
