@@ -55,7 +55,8 @@ class Info(NamedTuple):
         exists, so ``logdet`` and ``inertia`` are exact even when ``H + λI`` is singular.
       finite: no NaN or inf in the blocks, the pivots (and the solution, for a solve).
       min_rcond: the smallest reciprocal condition number ``min|eig| / max|eig|`` of any pivot.
-      worst_layer: the layer whose pivot has ``min_rcond``.
+      worst_layer: the first layer, in elimination order (from the top), whose pivot is
+        singular (rcond ≤ ``rcond_tol``), else the layer whose pivot has ``min_rcond``.
       first_nonfinite_layer: the first layer whose Jacobian blocks are not finite, else -1.
       rcond_tol: the threshold used for ``ok``: ``max(p_l) · eps(dtype)``.
     """
@@ -240,7 +241,8 @@ class Factorization:
         for w in self.pivot_eigvalsh():
             aw = jnp.abs(w)
             top = jnp.max(aw, axis=-1)
-            out.append(jnp.where(top > 0, jnp.min(aw, axis=-1) / jnp.where(top > 0, top, 1), 0))
+            rc = jnp.where(top > 0, jnp.min(aw, axis=-1) / jnp.where(top > 0, top, 1), 0)
+            out.append(jnp.where(jnp.isnan(top), jnp.nan, rc))  # NaN stays NaN: a consequence, not a culprit
         return out
 
     def rcond_tol(self):
@@ -284,10 +286,10 @@ class Factorization:
 
         rc = self.pivot_rcond()
         starts = [seg.start for seg, _ in self._pivot_stages()]
-        min_rc, worst = _argmin_rcond(rc, starts, pipe.dtype)
+        min_rc, worst = _argmin_rcond(rc, starts, pipe.dtype, tol)
         # The first layer's pivot is eliminated last and never inverted inside the recursion.
         inner = [(r, s0) for r, s0 in zip(rc, starts) if s0 > 0]
-        min_inner, worst_inner = _argmin_rcond([r for r, _ in inner], [s0 for _, s0 in inner], pipe.dtype)
+        min_inner, worst_inner = _argmin_rcond([r for r, _ in inner], [s0 for _, s0 in inner], pipe.dtype, tol)
         worst = jnp.where(min_inner > tol, worst, worst_inner)
         return Info(finite & (min_rc > tol), finite & (min_inner > tol), finite, min_rc, worst, first_bad, tol)
 
@@ -305,16 +307,18 @@ _inertia = jax.jit(Factorization._inertia)
 _info = jax.jit(Factorization._info)
 
 
-def _argmin_rcond(rc, starts, dtype):
+def _argmin_rcond(rc, starts, dtype, tol):
+    """The smallest finite pivot rcond, and the culprit layer: the first singular pivot in
+    elimination order (the highest layer with rcond ≤ tol; every pivot eliminated after it is
+    contaminated by it), else the layer of the smallest rcond."""
     if not rc:
         return jnp.asarray(jnp.inf, dtype), jnp.array(-1, jnp.int32)
     all_rc = jnp.concatenate(rc)
     all_idx = jnp.concatenate([s + jnp.arange(r.shape[0], dtype=jnp.int32) for s, r in zip(starts, rc)])
-    # A singular pivot poisons every stage below it (the recursion runs backward) with NaN;
-    # those are consequences, so the culprit is the smallest *finite* rcond.
-    safe = jnp.where(jnp.isnan(all_rc), jnp.inf, all_rc)
-    i = jnp.argmin(safe)
-    return safe[i], all_idx[i]
+    safe = jnp.where(jnp.isnan(all_rc), jnp.inf, all_rc)  # NaN pivots are consequences
+    bad = safe <= tol
+    culprit = jnp.max(jnp.where(bad, all_idx, -1))
+    return jnp.min(safe), jnp.where(jnp.any(bad), culprit, all_idx[jnp.argmin(safe)])
 
 
 def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> None:
@@ -330,8 +334,8 @@ def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> N
     if not bool(info.ok if need == "solve" else info.factor_ok) and bool(np.isfinite(info.min_rcond)):
         k = int(info.worst_layer)
         raise SingularPivotError(
-            f"the stage pivot of {pipe.layer_name(k)} is singular or numerically singular "
-            f"(reciprocal condition {float(info.min_rcond):.3g} <= {float(info.rcond_tol):.3g}), so {what} "
+            f"the stage pivot of {pipe.layer_name(k)} is singular or numerically singular (reciprocal "
+            f"condition <= {float(info.rcond_tol):.3g}; smallest over all pivots {float(info.min_rcond):.3g}), so {what} "
             "cannot be solved by the stage recursion. Either H + λI is singular, or the layer has more "
             "parameters than its output has entries (p_l > a_l, e.g. a dense layer on a small batch), which "
             "makes its undamped pivot singular even when H is not. Add damping (λ > 0) or use a larger batch."

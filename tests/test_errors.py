@@ -104,3 +104,15 @@ def test_stage_singular_but_H_not_is_refused_not_wrong():
             call()
     x = hessinv.ihvp(layers, params, z0, like(params), damping=1e-2)  # damping cures it
     assert np.all(np.isfinite(np.asarray(jax.tree.leaves(x)[0])))
+
+
+def test_culprit_is_first_singular_pivot_in_elimination_order():
+    """Every copy of an over-parameterised Stack has a singular undamped pivot; the recursion
+    meets the top copy first, so that is the one named (the rest are contaminated by it)."""
+    from helpers import stacked
+
+    layers, params, z0 = stacked(depth=6, B=2)  # 12 parameters per layer, 6 outputs
+    _, info = jax.jit(lambda p, g: hessinv.ihvp(layers, p, z0, g, return_info=True))(params, like(params))
+    assert not bool(info.ok) and int(info.worst_layer) == 6
+    with pytest.raises(hessinv.SingularPivotError, match=r"layer 6 = layers\[1\] \(Stack of 6, copy 5\)"):
+        hessinv.ihvp(layers, params, z0, like(params))
