@@ -179,6 +179,12 @@ def ihvp(
         x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, method)
         if return_info:
             return x, info
+        if method == "woodbury" and not bool(info.ok):
+            # Info cannot say which of the paper's pivots failed (B_l, Q_22, S_q or S_H);
+            # refactorising eagerly raises an error naming the layer and the pivot.
+            from . import _woodbury
+
+            _woodbury.factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping)
         _riccati.raise_for(pipe, info)
         return x
     x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, method, return_info)
