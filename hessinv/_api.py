@@ -184,7 +184,8 @@ def ihvp(
             # refactorising eagerly raises an error naming the layer and the pivot.
             from . import _woodbury
 
-            _woodbury.factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping)
+            blk = jax.jit(_blocks.compute, static_argnums=(0, 3))(pipe, list(params), z0, curvature)
+            _woodbury.factorize_blocks(blk, damping)
         _riccati.raise_for(pipe, info)
         return x
     x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, method, return_info)

@@ -153,11 +153,25 @@ def _layer_blocks(A, B, K, lam, a_in):
 
 
 def factorize_blocks(blocks: Blocks, damping=0.0) -> "WoodburyFactorization":
-    """Steps 1 and 3-5 of the paper's summary on the per-layer blocks: everything but ``g``."""
+    """Steps 1 and 3-5 of the paper's summary on the per-layer blocks: everything but ``g``.
+
+    Raises :class:`~hessinv.PipelineError` at trace time if a layer is not square; called on
+    concrete arrays (outside ``jit``) it also raises :class:`~hessinv.SingularPivotError` naming
+    the layer and the pivot where the route cannot solve.
+    """
+    check_shapes(blocks.pipe)
+    F = _factorize_jit(blocks, jnp.asarray(damping, blocks.pipe.dtype))
+    if _is_concrete(F):
+        F.check()
+    return F
+
+
+@jax.jit
+def _factorize_jit(blocks: Blocks, lam) -> "WoodburyFactorization":
+    # jit (keyed on the static pipeline) so that an eager factorize() compiles once instead of
+    # dispatching op by op; inside an outer jit this is inlined.
     pipe = blocks.pipe
-    check_shapes(pipe)
     dt = pipe.dtype
-    lam = jnp.asarray(damping, dt)
     segs = pipe.segments
     per = []
     for seg, blk in zip(segs, blocks.segments):
@@ -186,10 +200,7 @@ def factorize_blocks(blocks: Blocks, damping=0.0) -> "WoodburyFactorization":
             Om = jnp.zeros((0, 0), dt)  # dz_0 = 0: nothing before the first group
         Om, (D, d_lu, d_piv) = _pipeline.scan(step, Om, (B_inv, SH11, SH22, F), seg.n)
         out.append(LayerFactors(b_lu, b_piv, B_inv, Q22, S_q, Qt11, Qt12, Qt22, F, D, d_lu, d_piv))
-    Fz = WoodburyFactorization(blocks, lam, out)
-    if _is_concrete(Fz):
-        Fz.check()
-    return Fz
+    return WoodburyFactorization(blocks, lam, out)
 
 
 def _is_concrete(tree) -> bool:
@@ -395,11 +406,11 @@ class WoodburyFactorization:
         """Raise :class:`SingularPivotError` naming the layer and the pivot (or
         :class:`NonFiniteError`) if the route cannot solve. Needs concrete values."""
         pipe, tol = self.pipe, float(self.rcond_tol())
-        info = jax.tree.map(np.asarray, self.info())
+        info, worst = jax.tree.map(np.asarray, _diagnose(self))
         if int(info.first_nonfinite_layer) >= 0:
             _raise_for_riccati(pipe, info)
-        for kind, (rc, k) in self._worst().items():  # in the order the route needs them
-            rc = float(rc)
+        for kind in PIVOTS:  # in the order the route needs them
+            rc, k = float(worst[kind][0]), worst[kind][1]
             if not rc > tol:
                 raise SingularPivotError(
                     f"method='woodbury' cannot solve: the {PIVOTS[kind]} of {pipe.layer_name(int(k))} is singular "
@@ -410,3 +421,8 @@ class WoodburyFactorization:
         if not bool(info.finite):
             _raise_for_riccati(pipe, info, what="H + λI (method='woodbury')")
         return self
+
+
+@jax.jit
+def _diagnose(F):
+    return F.info(), F._worst()

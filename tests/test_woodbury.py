@@ -117,14 +117,14 @@ def dense(blk, lam=0.0):
     return dict(M=M, Minv=Minv, Dx=Dx, P=P, Kzz=Kzz, Kzx=Kzx, Kxx=Kxx, U=U, Q26=Q26, Q=Q, A=A, na=na, n_p=n_p, a=a, oa=oa)
 
 
-SMALL = [(bias_sp, 0.0), (bias_sp, 0.1), (bias_tanh, 0.0), (scale_sp, 0.0), (scale_sp, 0.3)]
+SMALL = [(bias_sp, 0.0), (bias_tanh, 0.1), (scale_sp, 0.3)]
 
 
 @pytest.fixture(scope="module", params=SMALL, ids=lambda c: f"{c[0].__name__}-lam{c[1]}")
 def small(request):
     fn, lam = request.param
     layers, params, z0 = make(fn, 4, w=3)
-    blk = hessinv.blocks(layers, params, z0)
+    blk = jax.jit(hessinv.blocks, static_argnums=0)(tuple(layers), params, z0)
     H = np.asarray(hessinv.hessian(layers, params, z0))
     F = _woodbury.factorize_blocks(blk, lam)
     return dict(blk=blk, H=H, lam=lam, F=F, d=dense(blk, lam))
@@ -292,46 +292,47 @@ def test_eq28_woodbury(small):
 
 # -- end to end ----------------------------------------------------------------------------------
 
-E2E = [
-    (bias_sp, 1, head_sp, 0.0),
-    (bias_sp, 20, head_exp, 0.0),
-    (bias_sp, 200, head_sp, 0.1),
-    (bias_tanh, 3, head_exp, 0.1),
-    (bias_tanh, 200, head_exp, 0.0),
-    (scale_sp, 20, head_sp, 0.1),
-    (scale_sp, 200, head_sp, 0.0),
-]
+E2E = [(bias_sp, head_sp), (bias_tanh, head_exp), (scale_sp, head_sp)]
 
 
-@pytest.mark.parametrize("fn,L,head,lam", E2E, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_end_to_end(fn, L, head, lam):
-    layers, params, z0 = make(fn, L, head)
+@pytest.mark.parametrize("fn,head", E2E, ids=lambda v: v.__name__)
+def test_end_to_end_depth_200(fn, head):
+    layers, params, z0 = make(fn, 200, head)
     flat, unravel = ravel_pytree(params)
     g = unravel(jax.random.normal(jax.random.PRNGKey(3), flat.shape))
     H = hessinv.hessian(layers, params, z0)
-    x_dense = jnp.linalg.solve(H + lam * jnp.eye(H.shape[0]), ravel_pytree(g)[0])
-    x_w, info = hessinv.ihvp(layers, params, z0, g, damping=lam, method="woodbury", return_info=True)
-    x_r = hessinv.ihvp(layers, params, z0, g, damping=lam)
-    assert bool(info.ok) and int(info.worst_layer) >= 0
-    assert rel(ravel_pytree(x_w)[0], x_dense) < 1e-10
-    assert rel(ravel_pytree(x_w)[0], ravel_pytree(x_r)[0]) < 1e-10
-    # the eager path (checks and raises) gives the same answer
-    x_e = hessinv.ihvp(layers, params, z0, g, damping=lam, method="woodbury")
-    assert rel(ravel_pytree(x_e)[0], x_dense) < 1e-10
+    for lam in [0.0, 0.1]:  # damping is traced: one compilation for both
+        x_dense = jnp.linalg.solve(H + lam * jnp.eye(H.shape[0]), ravel_pytree(g)[0])
+        x_w, info = hessinv.ihvp(layers, params, z0, g, damping=lam, method="woodbury", return_info=True)
+        x_r = hessinv.ihvp(layers, params, z0, g, damping=lam)
+        assert bool(info.ok) and 0 <= int(info.worst_layer) < 202
+        assert rel(ravel_pytree(x_w)[0], x_dense) < 1e-10
+        assert rel(ravel_pytree(x_w)[0], ravel_pytree(x_r)[0]) < 1e-10
+        # the eager path (checks, then raises or returns) gives the same answer
+        x_e = hessinv.ihvp(layers, params, z0, g, damping=lam, method="woodbury")
+        assert rel(ravel_pytree(x_e)[0], x_dense) < 1e-10
 
 
-def test_heterogeneous_widths_factorize_vmap_jit():
+def test_end_to_end_small(small):
+    """Depth 4 (6 layers), and the factorisation's own solve."""
+    H, lam, F = small["H"], small["lam"], small["F"]
+    g = np.random.default_rng(2).standard_normal(len(H))
+    x = _pipeline.to_rows(F.pipe, F.solve(_pipeline.from_rows(F.pipe, _split(F.pipe, g))))
+    x = np.concatenate([np.asarray(r).ravel() for r in x])
+    assert rel(x, np.linalg.solve(H + lam * np.eye(len(H)), g)) < 1e-10
+
+
+def test_heterogeneous_widths_factorize_jit_vmap():
     layers, params, z0 = make_hetero()
     flat, unravel = ravel_pytree(params)
     H = hessinv.hessian(layers, params, z0)
     gs = jax.random.normal(jax.random.PRNGKey(4), (3, flat.shape[0]))
     ref = jnp.linalg.solve(H + 0.05 * jnp.eye(H.shape[0]), gs.T).T
-    F = hessinv.factorize(layers, params, z0, damping=0.05, method="woodbury")
+    # jitted: an eager factorize() would build the blocks op by op
+    F = jax.jit(lambda p: hessinv.factorize(layers, p, z0, damping=0.05, method="woodbury"))(params)
     assert isinstance(F, _woodbury.WoodburyFactorization)
-    xs = jax.vmap(lambda g: ravel_pytree(F.solve(unravel(g)))[0])(gs)
+    xs = jax.jit(jax.vmap(lambda F, g: ravel_pytree(F.solve(unravel(g)))[0], in_axes=(None, 0)))(F, gs)
     assert rel(xs, ref) < 1e-10
-    x_jit = jax.jit(lambda p, g: hessinv.ihvp(layers, p, z0, g, damping=0.05, method="woodbury"))(params, unravel(gs[0]))
-    assert rel(ravel_pytree(x_jit)[0], ref[0]) < 1e-10
 
 
 # -- preconditions -------------------------------------------------------------------------------
@@ -372,22 +373,22 @@ def _linear_in_params():
         return jnp.tanh(z) + c
 
     w = 3
-    layers = [first, hessinv.Stack(bias_sp, 2), shift, head_sp]
-    params = [0.3 * jnp.ones(w), 0.2 * jnp.ones((2, w)), 0.1 * jnp.ones(w), jnp.array([0.5])]
+    layers = [first, shift, head_sp]
+    params = [0.3 * jnp.ones(w), 0.1 * jnp.ones(w), jnp.array([0.5])]
     return layers, params, jnp.linspace(-1, 1, w)
 
 
 def test_singular_Q22_raises():
     layers, params, z0 = _linear_in_params()
     g = [jnp.ones_like(p) for p in params]
-    msg = r"Q_22 block .* of layer 3 = layers\[2\], function 'shift' is singular.*method='riccati'"
+    msg = r"Q_22 block .* of layer 1 = layers\[1\], function 'shift' is singular.*method='riccati'"
     with pytest.raises(hessinv.SingularPivotError, match=msg):
         hessinv.ihvp(layers, params, z0, g, method="woodbury")
     with pytest.raises(hessinv.SingularPivotError, match=msg):
         hessinv.factorize(layers, params, z0, method="woodbury")
-    # under jit the same is reported by info
-    _, info = jax.jit(lambda p: hessinv.ihvp(layers, p, z0, g, method="woodbury", return_info=True))(params)
-    assert not bool(info.ok) and int(info.worst_layer) == 3
+    # under jit, where nothing can be raised, info reports it
+    _, info = hessinv.ihvp(layers, params, z0, g, method="woodbury", return_info=True)  # runs under jit
+    assert not bool(info.ok) and int(info.worst_layer) == 1
     # the default method solves it, and so does Woodbury once damping makes Q_22 invertible
     H = hessinv.hessian(layers, params, z0)
     ref = jnp.linalg.solve(H + 0.5 * jnp.eye(H.shape[0]), ravel_pytree(g)[0])
