@@ -33,7 +33,7 @@ and by Woodbury (eq. 28) ``(H + λI)^{-1} = A^{-1} − A^{-1} Uᵀ S_H^{-1} U A^
 
 Everything is per layer (``vmap``) or a ``lax.scan`` over a segment of identical layers; no
 ``Lp × Lp`` matrix is formed. Cost ``O(L a^3)`` for width ``a``, like the stage recursion,
-but with a larger constant (about 4x in the benchmark; see ``docs/woodbury.md``).
+but with a larger constant (about 2.2-2.5x slower in the benchmark; see ``docs/woodbury.md``).
 
 Preconditions (MATH.md section 4; the paper leaves them unstated), checked here:
 
@@ -160,16 +160,17 @@ def factorize_blocks(blocks: Blocks, damping=0.0) -> "WoodburyFactorization":
     the layer and the pivot where the route cannot solve.
     """
     check_shapes(blocks.pipe)
-    F = _factorize_jit(blocks, jnp.asarray(damping, blocks.pipe.dtype))
+    lam = jnp.asarray(damping, blocks.pipe.dtype)
+    # Eagerly, one cached compilation; under a trace, inline (no nested jit: a nested call
+    # was seen to stall XLA's CPU runtime at depth >= 1024).
+    impl = _factorize_jit if _is_concrete((blocks, lam)) else _factorize_impl
+    F = WoodburyFactorization(blocks, lam, impl(blocks, lam))
     if _is_concrete(F):
         F.check()
     return F
 
 
-@jax.jit
-def _factorize_jit(blocks: Blocks, lam) -> "WoodburyFactorization":
-    # jit (keyed on the static pipeline) so that an eager factorize() compiles once instead of
-    # dispatching op by op; inside an outer jit this is inlined.
+def _factorize_impl(blocks: Blocks, lam) -> list:
     pipe = blocks.pipe
     dt = pipe.dtype
     segs = pipe.segments
@@ -200,7 +201,7 @@ def _factorize_jit(blocks: Blocks, lam) -> "WoodburyFactorization":
             Om = jnp.zeros((0, 0), dt)  # dz_0 = 0: nothing before the first group
         Om, (D, d_lu, d_piv) = _pipeline.scan(step, Om, (B_inv, SH11, SH22, F), seg.n)
         out.append(LayerFactors(b_lu, b_piv, B_inv, Q22, S_q, Qt11, Qt12, Qt22, F, D, d_lu, d_piv))
-    return WoodburyFactorization(blocks, lam, out)
+    return out
 
 
 def _is_concrete(tree) -> bool:
@@ -421,6 +422,11 @@ class WoodburyFactorization:
         if not bool(info.finite):
             _raise_for_riccati(pipe, info, what="H + λI (method='woodbury')")
         return self
+
+
+# jit (keyed on the static pipeline) so that an eager factorize() compiles once instead of
+# dispatching op by op.
+_factorize_jit = jax.jit(_factorize_impl)
 
 
 @jax.jit
