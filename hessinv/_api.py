@@ -180,6 +180,13 @@ def ihvp(
         x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, method)
         if return_info:
             return x, info
+        if method == "woodbury" and not bool(info.ok):
+            # Info cannot say which of the paper's pivots failed (B_l, Q_22, S_q or S_H);
+            # refactorising eagerly raises an error naming the layer and the pivot.
+            from . import _woodbury
+
+            blk = jax.jit(_blocks.compute, static_argnums=(0, 3))(pipe, list(params), z0, curvature)
+            _woodbury.factorize_blocks(blk, damping)
         _riccati.raise_for(pipe, info)
         return x
     x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, method, return_info)
