@@ -374,7 +374,7 @@ class WoodburyFactorization:
         res = {}
         for kind, rcs in self.pivot_rcond().items():
             allr = jnp.concatenate(rcs)
-            idx = jnp.concatenate([s + jnp.arange(r.shape[0]) for s, r in zip(starts, rcs)])
+            idx = jnp.concatenate([s + jnp.arange(r.shape[0], dtype=jnp.int32) for s, r in zip(starts, rcs)])
             safe = jnp.where(jnp.isnan(allr), jnp.inf, allr)
             i = jnp.argmin(safe)
             res[kind] = (safe[i], idx[i].astype(jnp.int32))
@@ -390,7 +390,7 @@ class WoodburyFactorization:
         first_bad = jnp.array(pipe.n_layers, jnp.int32)
         for seg, blk in zip(pipe.segments, self.blocks.segments):
             ok_l = jnp.all(jnp.isfinite(blk.A), axis=(1, 2)) & jnp.all(jnp.isfinite(blk.B), axis=(1, 2))
-            idx = seg.start + jnp.argmin(ok_l)
+            idx = (seg.start + jnp.argmin(ok_l)).astype(jnp.int32)
             first_bad = jnp.where(jnp.all(ok_l), first_bad, jnp.minimum(first_bad, idx))
             finite &= jnp.all(ok_l) & jnp.all(jnp.isfinite(blk.K))
         for f in self.layers:
@@ -401,7 +401,9 @@ class WoodburyFactorization:
         layers = jnp.stack([w[1] for w in worst.values()])
         i = jnp.argmin(rcs)
         min_rc, worst_layer = rcs[i], layers[i]
-        return Info(finite & (min_rc > tol), finite, min_rc, worst_layer, first_bad, tol)
+        ok = finite & (min_rc > tol)
+        # factor_ok: this route offers no logdet/inertia, so it is the same as ok.
+        return Info(ok, ok, finite, min_rc, worst_layer, first_bad, tol)
 
     def check(self) -> "WoodburyFactorization":
         """Raise :class:`SingularPivotError` naming the layer and the pivot (or
