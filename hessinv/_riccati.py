@@ -74,11 +74,21 @@ def _sym(M):
     return 0.5 * (M + M.T)
 
 
-def _lu_solve(lu, perm, b):
-    """Solve with an LU factorisation ``P Q = L U`` given as ``perm`` (not LAPACK's pivots, whose
-    conversion to a permutation is a sequential loop that would run inside every stage)."""
-    y = jax.lax.linalg.triangular_solve(lu, b[perm], left_side=True, lower=True, unit_diagonal=True)
-    return jax.lax.linalg.triangular_solve(lu, y, left_side=True, lower=False)
+def _lu_solve(lu, perm, b, trans: bool = False):
+    """Solve ``Q x = b`` (or ``Qᵀ x = b``) with an LU factorisation ``Q[perm] = L U`` given as the
+    permutation ``perm``, not LAPACK's pivots: converting those to a permutation is a
+    sequential loop, which would then run inside every stage of a scan."""
+    vec = b.ndim == 1
+    b = b[:, None] if vec else b
+    tri = jax.lax.linalg.triangular_solve
+    if not trans:
+        y = tri(lu, b[perm], left_side=True, lower=True, unit_diagonal=True)
+        x = tri(lu, y, left_side=True, lower=False)
+    else:  # Qᵀ = Uᵀ Lᵀ P
+        y = tri(lu, b, left_side=True, lower=False, transpose_a=True)
+        w = tri(lu, y, left_side=True, lower=True, unit_diagonal=True, transpose_a=True)
+        x = jnp.zeros_like(w).at[perm].set(w)
+    return x[:, 0] if vec else x
 
 
 def _split_K(K, a_in):

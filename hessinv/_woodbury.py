@@ -72,13 +72,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 
 from . import _pipeline
 from ._blocks import Blocks
 from ._errors import PipelineError, SingularPivotError
-from ._riccati import Info, raise_for as _raise_for_riccati
+from ._riccati import Info, _lu_solve
+from ._riccati import raise_for as _raise_for_riccati
 
 PIVOTS = {
     "B": "∇_x f_l = B_l (the layer's block of D_x)",
@@ -95,7 +95,7 @@ class LayerFactors(NamedTuple):
     """
 
     B_lu: jax.Array  # (n, a, a) LU of B_l
-    B_piv: jax.Array  # (n, a)
+    B_piv: jax.Array  # (n, a) row permutation of the LU (B[perm] = L U)
     B_inv: jax.Array  # (n, a, a) B_l^{-1}: an entry of S_H (eq. 37)
     Q22: jax.Array  # (n, a, a) K_xx + λI (eq. 33)
     S_q: jax.Array  # (n, a_in, a_in) eq. 34, the block of dz_{l-1}
@@ -105,7 +105,7 @@ class LayerFactors(NamedTuple):
     F: jax.Array  # (n, a, 2 a_in) [S_H12ᵀ block (dx_l, dz_{l-1}), −B_l^{-1} A_l]
     Delta: jax.Array  # (n, 2a, 2a) pivots of the S_H factorisation, unknowns (dz_l, dx_l)
     D_lu: jax.Array  # (n, 2a, 2a) their LU
-    D_piv: jax.Array  # (n, 2a)
+    D_piv: jax.Array  # (n, 2a) row permutation of the LU
 
 
 def _sym(M):
@@ -134,15 +134,15 @@ def _layer_blocks(A, B, K, lam, a_in):
     dt, a = B.dtype, B.shape[0]
     K_zz, K_zx, K_xx = K[:a_in, :a_in], K[:a_in, a_in:], K[a_in:, a_in:]
     Q22 = _sym(K_xx) + lam * jnp.eye(a, dtype=dt)  # eq. 33, damped
-    q_fac = jax.lax.linalg.lu(Q22)[:2]
-    Y = jsl.lu_solve(q_fac, K_zx.T)  # Q_22^{-1} Q_21 (a, a_in)
+    q_fac = _lu(Q22)
+    Y = _lu_solve(*q_fac, K_zx.T)  # Q_22^{-1} Q_21 (a, a_in)
     S_q = _sym(K_zz - jnp.eye(a_in, dtype=dt) - K_zx @ Y)  # eq. 34 with eq. 30-32
-    s_fac = jax.lax.linalg.lu(S_q)[:2]
-    Qt11 = _sym(jsl.lu_solve(s_fac, jnp.eye(a_in, dtype=dt)))  # S_q^{-1}
-    Qt12 = -jsl.lu_solve(s_fac, Y.T)  # −S_q^{-1} Q_12 Q_22^{-1}
-    Qt22 = _sym(jsl.lu_solve(q_fac, jnp.eye(a, dtype=dt)) - Y @ Qt12)  # Q_22^{-1} + Q_22^{-1}Q_21 S_q^{-1}Q_12 Q_22^{-1}
-    b_lu, b_piv, _ = jax.lax.linalg.lu(B)
-    X = jsl.lu_solve((b_lu, b_piv), jnp.concatenate([jnp.eye(a, dtype=dt), A], axis=1))
+    s_fac = _lu(S_q)
+    Qt11 = _sym(_lu_solve(*s_fac, jnp.eye(a_in, dtype=dt)))  # S_q^{-1}
+    Qt12 = -_lu_solve(*s_fac, Y.T)  # −S_q^{-1} Q_12 Q_22^{-1}
+    Qt22 = _sym(_lu_solve(*q_fac, jnp.eye(a, dtype=dt)) - Y @ Qt12)  # Q_22^{-1} + Q_22^{-1}Q_21 S_q^{-1}Q_12 Q_22^{-1}
+    b_lu, b_piv = _lu(B)
+    X = _lu_solve(b_lu, b_piv, jnp.concatenate([jnp.eye(a, dtype=dt), A], axis=1))
     B_inv, BiA = X[:, :a], X[:, a:]
     # S_H12 = Q̃_12 + Mᵀ D_x^{-T}: block (dz_{l-1}, dx_l) is Q̃_12 − A_lᵀ B_l^{-T}.
     E = Qt12 - A.T @ B_inv.T
@@ -176,8 +176,10 @@ def _factorize_impl(blocks: Blocks, lam) -> list:
     segs = pipe.segments
     per = []
     for seg, blk in zip(segs, blocks.segments):
-        f = jax.vmap(lambda A, B, K, a_in=seg.a_in: _layer_blocks(A, B, K, lam, a_in))
-        per.append(f(blk.A, blk.B, blk.K))
+        # lax.map in chunks rather than one vmap: a single vmap of this many small LAPACK
+        # calls over >= 1024 layers deadlocked XLA's CPU runtime (jax 0.10.2); chunks don't.
+        f = lambda x, a_in=seg.a_in: _layer_blocks(*x, lam, a_in)  # noqa: E731
+        per.append(jax.lax.map(f, (blk.A, blk.B, blk.K), batch_size=256))
 
     out = []
     for j, seg in enumerate(segs):
@@ -192,9 +194,9 @@ def _factorize_impl(blocks: Blocks, lam) -> list:
             # Group (dz_l, dx_l) of S_H, minus what eliminating group l-1 left (block LDLᵀ).
             T = jnp.block([[SH11, B_inv.T], [B_inv, SH22 - F @ Om @ F.T]])
             D = _sym(T)
-            d_lu, d_piv, _ = jax.lax.linalg.lu(D)
+            d_lu, d_piv = _lu(D)
             R = jax.scipy.linalg.block_diag(jnp.eye(a, dtype=dt), B_inv)
-            Om = _sym(R.T @ jsl.lu_solve((d_lu, d_piv), R))
+            Om = _sym(R.T @ _lu_solve(d_lu, d_piv, R))
             return Om, (D, d_lu, d_piv)
 
         if j == 0:
@@ -211,15 +213,17 @@ def _is_concrete(tree) -> bool:
 # -- the structured operators of steps 1, 2, 6 ------------------------------------------------------
 
 
-def _lu_solve(lu, piv, x, trans=0):
-    return jsl.lu_solve((lu, piv), x, trans=trans)
+def _lu(M):
+    """LU with partial pivoting, keeping the row permutation (``M[perm] = L U``)."""
+    lu, _, perm = jax.lax.linalg.lu(M)
+    return lu, perm
 
 
 def _apply_A_inv(F, g_rows):
     """Step 1: ``A^{-1} g = D_x^{-1} M Mᵀ D_x^{-T} g`` (two bidiagonal passes)."""
     pipe, dt = F.pipe, F.pipe.dtype
     segs = pipe.segments
-    h = [jax.vmap(lambda l, p, g: _lu_solve(l, p, g, trans=1))(f.B_lu, f.B_piv, g) for f, g in zip(F.layers, g_rows)]
+    h = [jax.vmap(lambda l, p, g: _lu_solve(l, p, g, trans=True))(f.B_lu, f.B_piv, g) for f, g in zip(F.layers, g_rows)]
     # m = Mᵀ h: m_l = h_l − A_{l+1}ᵀ h_{l+1}, backward.
     m = [None] * len(segs)
     c = jnp.zeros((1,), dt)
@@ -272,7 +276,7 @@ def _apply_SH_inv(F, y_rows, w_rows):
         def fwd(t, xs, a=seg.a_out):
             Fm, B_inv, lu, piv, ry, rw = xs
             yh = jnp.concatenate([ry, rw - Fm @ t])
-            z = jsl.lu_solve((lu, piv), yh)
+            z = _lu_solve(lu, piv, yh)
             return jnp.concatenate([z[:a], B_inv.T @ z[a:]]), yh
 
         t, yh = _pipeline.scan(fwd, t, (f.F, f.B_inv, f.D_lu, f.D_piv, y_rows[j], w_rows[j]), seg.n)
@@ -284,7 +288,7 @@ def _apply_SH_inv(F, y_rows, w_rows):
 
         def bwd(c, xs, a=seg.a_out):
             Fm, B_inv, lu, piv, yh = xs
-            u = jsl.lu_solve((lu, piv), yh - jnp.concatenate([c[:a], B_inv @ c[a:]]))
+            u = _lu_solve(lu, piv, yh - jnp.concatenate([c[:a], B_inv @ c[a:]]))
             return Fm.T @ u[a:], u
 
         c, u = _pipeline.scan(bwd, c, (f.F, f.B_inv, f.D_lu, f.D_piv, yhat[j]), seg.n, reverse=True)
