@@ -146,7 +146,7 @@ def test_eq26_27_lift(small):
 
 def _Qt_dense(F, d):
     """Q^{-1} assembled from the factorisation's per-layer blocks (eq. 29)."""
-    na, n_p, a, oa = d["na"], d["n_p"], d["a"], d["oa"]
+    na, n_p, oa = d["na"], d["n_p"], d["oa"]
     Qt = np.zeros((na + n_p, na + n_p))
     rows = []
     for seg, f in zip(F.pipe.segments, F.layers):
