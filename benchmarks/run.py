@@ -539,7 +539,7 @@ def plot(rec, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="hessinv benchmark suites")
-    ap.add_argument("--suite", choices=("quick", "full", "core"), default="quick")
+    ap.add_argument("--suite", choices=("quick", "full", "core", "woodbury"), default="quick")
     ap.add_argument("--only", nargs="*", choices=SUITE_NAMES, default=list(SUITE_NAMES))
     ap.add_argument(
         "--krylov-maxiter", type=int, help="cap on CG/GMRES hvps (default: 500 quick, 1000 full; 300 on GPU/TPU)"
@@ -548,6 +548,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.suite == "core":
         core.run(core.FULL_LS, write=not a.no_write)
+    elif a.suite == "woodbury":  # issue 3: the paper's route vs the default and dense, L = 16 … 4096
+        from . import woodbury
+
+        woodbury.main()
     else:
         run(a.suite, tuple(a.only), write=not a.no_write, krylov_maxiter=a.krylov_maxiter)
 

@@ -122,7 +122,7 @@ def main():
         "device": str(jax.devices()[0]),
         "device_kind": jax.devices()[0].device_kind,
         "loadavg_at_start": os.getloadavg(),
-        "note": "shared machine: other jobs were running, so times are noisy",
+        "note": "2-core CPU; times are medians after a warm-up; see loadavg_at_start for other load",
     }
     results = []
     for L in DEPTHS:
