@@ -22,10 +22,6 @@ from . import _blocks, _hvp, _pipeline, _riccati
 from ._errors import NonFiniteError
 
 
-def _is_concrete(*trees) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for t in trees for x in jax.tree.leaves(t))
-
-
 def _check_finite(tree, name: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
@@ -60,7 +56,7 @@ def hvp(layers: Sequence, params: Sequence, z0: Any, v: Sequence) -> list:
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, v, "v")
-    if _is_concrete(params, z0, v):
+    if _pipeline.is_concrete(params, z0, v):
         _check_inputs(params, z0, v=v)
     return _hvp.pearlmutter_hvp(tuple(layers), list(params), z0, list(v))
 
@@ -72,7 +68,7 @@ def blocks(layers: Sequence, params: Sequence, z0: Any, *, curvature: str = "hes
     describe the generalised Gauss-Newton matrix (last layer must be a parameter-free loss).
     """
     pipe = _pipeline.build(layers, params, z0)
-    if _is_concrete(params, z0):
+    if _pipeline.is_concrete(params, z0):
         _check_inputs(params, z0)
     return _blocks.compute(pipe, list(params), z0, curvature)
 
@@ -114,7 +110,7 @@ def factorize(
     Cost ``O(Σ_l (a_l + p_l)^3)`` time, ``O(Σ_l (a_l + p_l)^2)`` memory.
     """
     F = _factorize_blocks(blocks(layers, params, z0, curvature=curvature), damping, method)
-    if _is_concrete(F):
+    if _pipeline.is_concrete(F):
         info = F.info()
         if not bool(info.finite):
             _riccati.raise_for(F.pipe, info)
@@ -174,7 +170,7 @@ def ihvp(
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, g, "g")
-    if _is_concrete(params, z0, g, damping):
+    if _pipeline.is_concrete(params, z0, g, damping):
         if not return_info:
             _check_inputs(params, z0, g=g)
         x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, method)
@@ -185,7 +181,7 @@ def ihvp(
             # refactorising eagerly raises an error naming the layer and the pivot.
             from . import _woodbury
 
-            blk = jax.jit(_blocks.compute, static_argnums=(0, 3))(pipe, list(params), z0, curvature)
+            blk = _blocks.compute(pipe, list(params), z0, curvature)
             _woodbury.factorize_blocks(blk, damping)
         _riccati.raise_for(pipe, info)
         return x

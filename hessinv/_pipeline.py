@@ -242,6 +242,11 @@ def check_like_params(pipe: Pipeline, tree: Any, name: str) -> None:
             raise TypeError(f"{name}[{e}] has dtypes {ts.describe()} but params[{e}] has {want.describe()}")
 
 
+def is_concrete(*trees) -> bool:
+    """True outside any trace: no leaf is a tracer, so values can be checked and errors raised."""
+    return not any(isinstance(x, jax.core.Tracer) for t in trees for x in jax.tree.leaves(t))
+
+
 # -- params-shaped pytrees <-> per-segment row matrices ------------------------------------------
 
 

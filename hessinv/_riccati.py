@@ -166,12 +166,12 @@ class Factorization:
 
     def _eager_check(self, need):
         """Outside ``jit``, refuse to return a wrong number: raise if the pivots don't allow it."""
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(self)):
+        if not _pipeline.is_concrete(self):
             return
         if getattr(self, "_info_cache", None) is None:
             self._info_cache = self.info()
         raise_for(self.pipe, self._info_cache, need=need)
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(self._info_cache)):
+        if not _pipeline.is_concrete(self._info_cache):
             self._info_cache = None  # called under an outer trace: nothing concrete to keep
 
     def solve(self, g):
@@ -335,7 +335,7 @@ def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> N
     """Turn a concrete :class:`Info` into a clear exception naming the layer. Under an outer
     trace (``jit``/``vmap`` around a closed-over factorisation) there is nothing concrete to
     check, and the caller's own ``info()`` is the diagnostic."""
-    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(info)):
+    if not _pipeline.is_concrete(info):
         return
     info = jax.tree.map(np.asarray, info)
     k = int(info.first_nonfinite_layer)

@@ -163,9 +163,9 @@ def factorize_blocks(blocks: Blocks, damping=0.0) -> "WoodburyFactorization":
     lam = jnp.asarray(damping, blocks.pipe.dtype)
     # Eagerly, one cached compilation; under a trace, inline (no nested jit: a nested call
     # was seen to stall XLA's CPU runtime at depth >= 1024).
-    impl = _factorize_jit if _is_concrete((blocks, lam)) else _factorize_impl
+    impl = _factorize_jit if _pipeline.is_concrete(blocks, lam) else _factorize_impl
     F = WoodburyFactorization(blocks, lam, impl(blocks, lam))
-    if _is_concrete(F):
+    if _pipeline.is_concrete(F):
         F.check()
     return F
 
@@ -204,10 +204,6 @@ def _factorize_impl(blocks: Blocks, lam) -> list:
         Om, (D, d_lu, d_piv) = _pipeline.scan(step, Om, (B_inv, SH11, SH22, F), seg.n)
         out.append(LayerFactors(b_lu, b_piv, B_inv, Q22, S_q, Qt11, Qt12, Qt22, F, D, d_lu, d_piv))
     return out
-
-
-def _is_concrete(tree) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
 # -- the structured operators of steps 1, 2, 6 ------------------------------------------------------
