@@ -77,3 +77,19 @@ def unravel(spec: Spec, vec: jax.Array, consts: tuple = ()) -> Any:
         else:
             leaves.append(next(it))
     return jax.tree.unflatten(spec.treedef, leaves)
+
+
+def parts(spec: Spec, tree, dtype) -> tuple:
+    """The floating leaves of `tree`, each raveled to a vector of `dtype`: :func:`ravel` before
+    the concatenation. Differentiating with respect to these separately, and concatenating the
+    derivative blocks afterwards, keeps the slicing of one long vector out of the derivative
+    code (measured ~25% faster for second derivatives of small layers)."""
+    return tuple(jnp.ravel(x).astype(dtype) for x, f in zip(jax.tree.leaves(tree), spec.is_float) if f)
+
+
+def unravel_parts(spec: Spec, vecs, consts: tuple = ()) -> Any:
+    """Inverse of :func:`parts` (with :func:`constants`)."""
+    leaves, it, iv = [], iter(consts), iter(vecs)
+    for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_float):
+        leaves.append(jnp.reshape(next(iv), shape).astype(dtype) if is_f else next(it))
+    return jax.tree.unflatten(spec.treedef, leaves)
