@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _blocks, _hvp, _pipeline, _riccati
+from . import _blocks, _hvp, _oneshot, _pipeline, _riccati
 from ._errors import NonFiniteError
 
 
@@ -124,12 +124,19 @@ def _ihvp_jit(layers, params, z0, g, damping, curvature, method):
 
 def _ihvp_traced(layers, params, z0, g, damping, curvature, method, with_info):
     pipe = _pipeline.build(layers, params, z0)
-    F = _factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping, method)
-    rows = F.solve_rows(_pipeline.to_rows(pipe, list(g)))
+    g_rows = _pipeline.to_rows(pipe, list(g))
+    if method == "riccati":
+        # One pass, blocks computed chunk by chunk inside the recursion (see _oneshot): the same
+        # arithmetic as factorize + solve, with a working set that stays in the cache.
+        rows, outs = _oneshot.solve(pipe, list(params), z0, g_rows, damping, curvature, keep_pivot=with_info)
+        info = _oneshot.info(pipe, outs) if with_info else None
+    else:
+        F = _factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping, method)
+        rows = F.solve_rows(g_rows)
+        info = F.info() if with_info else None
     x = _pipeline.from_rows(pipe, rows)
     if not with_info:
         return x, None
-    info = F.info()
     finite = info.finite & jnp.all(jnp.array([jnp.all(jnp.isfinite(r)) for r in rows]))
     return x, info._replace(finite=finite, ok=info.ok & finite)
 

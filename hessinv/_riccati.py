@@ -91,6 +91,19 @@ def _lu_solve(lu, perm, b, trans: bool = False):
     return x[:, 0] if vec else x
 
 
+def pivot_solve(Q, X):
+    """``Q^{-1} X`` by LU with partial pivoting of the wide matrix ``[Q X]``: LAPACK's ``getrf``
+    applies the row interchanges and ``L^{-1}`` to ``X`` as it factorises, leaving
+    ``[U  L^{-1} P X]``, so one triangular solve finishes the job. Inside a scan this is cheaper
+    than factorising ``Q`` and then permuting ``X``: turning pivots into a permutation is a loop
+    (do it afterwards, batched over all layers, if later solves need it).
+
+    Returns ``(lu, pivots, Q^{-1} X)`` with ``lu`` the ``(p, p)`` LU factors of ``Q``."""
+    p = Q.shape[0]
+    lu, piv, _ = jax.lax.linalg.lu(jnp.concatenate([Q, X], axis=1))  # the unused permutation is dead code
+    return lu[:, :p], piv, jax.lax.linalg.triangular_solve(lu[:, :p], lu[:, p:], left_side=True, lower=False)
+
+
 def _split_K(K, a_in):
     return K[:a_in, :a_in], K[:a_in, a_in:], K[a_in:, a_in:]
 
@@ -111,14 +124,14 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
         Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
             empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
-            return _sym(Q_zz), (empty, empty, none, none, jnp.zeros((0, a_in), dt), S)
+            return _sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), S)
         Q_uu = _sym(Q[a_in:, a_in:]) + lam * eye
         Q_uz = Q[a_in:, :a_in]
-        lu, piv, perm = jax.lax.linalg.lu(Q_uu)
-        G = _lu_solve(lu, perm, Q_uz)
-        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, perm, G, S)
+        lu, piv, G = pivot_solve(Q_uu, Q_uz)
+        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, S)
 
-    S, (Q_uu, lu, piv, perm, G, S_l) = _pipeline.scan(step, S, (M, blk.K), seg.n, reverse=True, unroll=unroll)
+    S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, (M, blk.K), seg.n, reverse=True, unroll=unroll)
+    perm = jax.lax.linalg.lu_pivots_to_permutation(piv, p) if p else jnp.zeros(piv.shape, jnp.int32)
     A_cl = blk.A - blk.B @ G  # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
     return S, StageFactors(Q_uu, lu, piv, perm, G, S_l, A_cl)
 
@@ -247,17 +260,10 @@ class Factorization:
     def pivot_rcond(self):
         """Reciprocal condition ``min|eig| / max|eig|`` of every pivot, one ``(n,)`` array per
         segment with ``p > 0`` (0 for an all-zero pivot, NaN when the pivot is not finite)."""
-        out = []
-        for w in self.pivot_eigvalsh():
-            aw = jnp.abs(w)
-            top = jnp.max(aw, axis=-1)
-            rc = jnp.where(top > 0, jnp.min(aw, axis=-1) / jnp.where(top > 0, top, 1), 0)
-            out.append(jnp.where(jnp.isnan(top), jnp.nan, rc))  # NaN stays NaN: a consequence, not a culprit
-        return out
+        return [_rcond(w) for w in self.pivot_eigvalsh()]
 
     def rcond_tol(self):
-        p = max([seg.p for seg in self.pipe.segments] + [1])
-        return jnp.asarray(p * jnp.finfo(self.pipe.dtype).eps, self.pipe.dtype)
+        return rcond_tol(self.pipe)
 
     def inertia(self):
         """``(n_pos, n_neg, n_zero)`` eigenvalue counts of ``H + λI`` (Sylvester: the sum of the
@@ -281,27 +287,14 @@ class Factorization:
         return _info(self)
 
     def _info(self) -> Info:
-        pipe = self.pipe
-        tol = self.rcond_tol()
-        finite = jnp.array(True)
-        first_bad = jnp.array(pipe.n_layers, jnp.int32)
-        for seg, blk in zip(pipe.segments, self.blocks.segments):
-            ok_l = jnp.all(jnp.isfinite(blk.A), axis=(1, 2)) & jnp.all(jnp.isfinite(blk.B), axis=(1, 2))
-            idx = (seg.start + jnp.argmin(ok_l)).astype(jnp.int32)
-            first_bad = jnp.where(jnp.all(ok_l), first_bad, jnp.minimum(first_bad, idx))
-            finite &= jnp.all(ok_l) & jnp.all(jnp.isfinite(blk.K))
+        ok_AB = [
+            jnp.all(jnp.isfinite(blk.A), axis=(1, 2)) & jnp.all(jnp.isfinite(blk.B), axis=(1, 2))
+            for blk in self.blocks.segments
+        ]
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(blk.K)) for blk in self.blocks.segments]))
         for st in self.stages:
             finite &= jnp.all(jnp.isfinite(st.Q_uu)) & jnp.all(jnp.isfinite(st.G))
-        first_bad = jnp.where(first_bad == pipe.n_layers, -1, first_bad).astype(jnp.int32)
-
-        rc = self.pivot_rcond()
-        starts = [seg.start for seg, _ in self._pivot_stages()]
-        min_rc, worst = _argmin_rcond(rc, starts, pipe.dtype, tol)
-        # The first layer's pivot is eliminated last and never inverted inside the recursion.
-        inner = [(r, s0) for r, s0 in zip(rc, starts) if s0 > 0]
-        min_inner, worst_inner = _argmin_rcond([r for r, _ in inner], [s0 for _, s0 in inner], pipe.dtype, tol)
-        worst = jnp.where(min_inner > tol, worst, worst_inner)
-        return Info(finite & (min_rc > tol), finite & (min_inner > tol), finite, min_rc, worst, first_bad, tol)
+        return make_info(self.pipe, ok_AB, finite, [st.Q_uu for st in self.stages])
 
     def check(self, need: str = "solve") -> Factorization:
         """Raise :class:`SingularPivotError` / :class:`NonFiniteError` unless the factorisation is
@@ -315,6 +308,44 @@ _solve = jax.jit(lambda F, g: _pipeline.from_rows(F.pipe, F.solve_rows(_pipeline
 _logdet = jax.jit(Factorization._logdet)
 _inertia = jax.jit(Factorization._inertia)
 _info = jax.jit(Factorization._info)
+
+
+def rcond_tol(pipe):
+    """The threshold below which a pivot counts as singular: ``max(p_l) · eps(dtype)``."""
+    p = max([seg.p for seg in pipe.segments] + [1])
+    return jnp.asarray(p * jnp.finfo(pipe.dtype).eps, pipe.dtype)
+
+
+def _rcond(w):
+    """``min|eig| / max|eig|`` from eigenvalues ``(..., p)`` (0 for an all-zero pivot; NaN stays
+    NaN: a consequence of an earlier failure, not a culprit)."""
+    aw = jnp.abs(w)
+    top = jnp.max(aw, axis=-1)
+    rc = jnp.where(top > 0, jnp.min(aw, axis=-1) / jnp.where(top > 0, top, 1), 0)
+    return jnp.where(jnp.isnan(top), jnp.nan, rc)
+
+
+def make_info(pipe, ok_AB, finite, pivots) -> Info:
+    """:class:`Info` from per-layer facts: ``ok_AB`` (per segment, ``(n,)`` bools: ``A_l`` and
+    ``B_l`` finite), ``finite`` (the other blocks, pivots and gains) and the pivots ``Q_uu``
+    (per segment, ``(n, p, p)``; segments with ``p = 0`` are skipped)."""
+    tol = rcond_tol(pipe)
+    first_bad = jnp.array(pipe.n_layers, jnp.int32)
+    for seg, ok_l in zip(pipe.segments, ok_AB):
+        idx = (seg.start + jnp.argmin(ok_l)).astype(jnp.int32)
+        first_bad = jnp.where(jnp.all(ok_l), first_bad, jnp.minimum(first_bad, idx))
+        finite &= jnp.all(ok_l)
+    first_bad = jnp.where(first_bad == pipe.n_layers, -1, first_bad).astype(jnp.int32)
+
+    with_p = [(seg, Q) for seg, Q in zip(pipe.segments, pivots) if seg.p > 0]
+    rc = [_rcond(jnp.linalg.eigvalsh(Q)) for _, Q in with_p]
+    starts = [seg.start for seg, _ in with_p]
+    min_rc, worst = _argmin_rcond(rc, starts, pipe.dtype, tol)
+    # The first layer's pivot is eliminated last and never inverted inside the recursion.
+    inner = [(r, s0) for r, s0 in zip(rc, starts) if s0 > 0]
+    min_inner, worst_inner = _argmin_rcond([r for r, _ in inner], [s0 for _, s0 in inner], pipe.dtype, tol)
+    worst = jnp.where(min_inner > tol, worst, worst_inner)
+    return Info(finite & (min_rc > tol), finite & (min_inner > tol), finite, min_rc, worst, first_bad, tol)
 
 
 def _argmin_rcond(rc, starts, dtype, tol):

@@ -1,0 +1,154 @@
+"""``ihvp`` in one pass: the blocks are computed chunk by chunk inside the stage recursion.
+
+:func:`hessinv.factorize` keeps every block and every stage factor, because a reusable
+factorisation needs them (``matvec``, ``logdet``, many solves). A single solve does not: it needs
+``K_l`` and ``Q_uu,l`` only for the one step of the backward recursion that uses them. Here
+
+* the backward pass walks each segment in chunks of ``chunk`` layers: it computes the chunk's
+  ``A, B, K`` (vmapped), then runs the factorisation step *and* the backward solve step of
+  MATH.md section 3 layer by layer, and keeps only what the forward pass needs
+  (``A_l − B_l G_l``, ``B_l k_l``, ``G_l``, ``k_l``);
+* the forward pass is the same closed-loop scan as :meth:`Factorization.solve_rows`.
+
+The arithmetic is the same as ``factorize`` then ``solve``, so are the answers (to rounding).
+What changes is the working set: one chunk's blocks (a few hundred kB) instead of every layer's
+(about 48 kB a layer for the benchmark MLP), so the time stays linear in depth when the whole
+pipeline no longer fits in the cache, and no large temporaries are allocated afresh each call.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import _blocks, _pipeline
+from ._riccati import Info, _sym, make_info, pivot_solve
+
+#: Bytes of blocks per chunk, and the most layers in one: small enough for a chunk's blocks to
+#: stay in the cache, large enough for the vmapped block computations to be efficient (the
+#: benchmark MLP: 64-256 layers a chunk all within 2% at depth 1024, 16-32 slower).
+CHUNK_BYTES = 2 << 20
+MAX_CHUNK = 128
+
+
+def chunk_size(seg, dtype) -> int:
+    """Layers per chunk for segment ``seg``: ``M_l`` and ``K_l`` of a chunk within CHUNK_BYTES."""
+    m = seg.a_in + seg.p
+    per_layer = (seg.a_out * m + m * m) * jnp.dtype(dtype).itemsize
+    return max(1, min(MAX_CHUNK, CHUNK_BYTES // max(per_layer, 1)))
+
+
+class _Out(NamedTuple):
+    """Per layer (stacked over a segment): what the forward pass needs, and health flags."""
+
+    A_cl: jax.Array  # (a_out, a_in)  A_l − B_l G_l
+    Bk: jax.Array  # (a_out,)  B_l k_l
+    G: jax.Array  # (p, a_in)
+    k: jax.Array  # (p,)
+    Q_uu: jax.Array  # (p, p) the pivot, kept only for diagnostics (else (0, 0))
+    finite_AB: jax.Array  # () bool: A_l and B_l finite
+
+
+def _step(seg, lam, with_K, keep_pivot):
+    """One layer, top down: the factorisation step and the backward solve step together.
+
+    Only what depends on ``S`` is here; everything batched over a chunk is done outside."""
+    p, a_in = seg.p, seg.a_in
+
+    def step(carry, xs):
+        S, s = carry
+        M, K, g = xs
+        Q = M.T @ (S @ M)
+        Q = Q + K if with_K else Q
+        Ms = M.T @ s  # (A_lᵀ s, B_lᵀ s)
+        Q_zz = Q[:a_in, :a_in]
+        if p == 0:  # a parameter-free layer: state and adjoint just propagate
+            dt = Q.dtype
+            return (_sym(Q_zz), Ms), (jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt), jnp.zeros((0, 0), dt))
+        Q_uu = Q[a_in:, a_in:] + lam * jnp.eye(p, dtype=Q.dtype)  # symmetric as S and K are
+        Q_uz = Q[a_in:, :a_in]
+        q_u = Ms[a_in:] - g
+        _, _, Gk = pivot_solve(Q_uu, jnp.concatenate([Q_uz, q_u[:, None]], axis=1))  # one LU for G and k
+        G, k = Gk[:, :a_in], Gk[:, a_in]
+        S_prev = _sym(Q_zz - Q_uz.T @ G)
+        s_prev = Ms[:a_in] - G.T @ q_u
+        return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), Q.dtype))
+
+    return step
+
+
+def _chunk(pipe, j, curvature, lam, keep_pivot):
+    """A run of layers of segment ``j``, top down: their blocks (batched), then the recursion."""
+    seg, dt = pipe.segments[j], pipe.dtype
+    with_K = _blocks.has_K(pipe, j, curvature)
+    step = _step(seg, lam, with_K, keep_pivot)
+
+    def run(carry, xs):
+        S, s, b = carry
+        zin, rows, g = xs
+        n = rows.shape[0]
+        M = _blocks.jacobian(seg, zin, rows, dt)
+        A, B = M[:, :, : seg.a_in], M[:, :, seg.a_in :]
+        # b_l for this run of layers from the b above it: b_{l-1} = A_lᵀ b_l.
+        b, bs = _pipeline.scan(lambda b, A: (A.T @ b, b), b, A, n, reverse=True)
+        K = _blocks.second_derivatives(seg, zin, rows, bs, dt) if with_K else jnp.zeros((n, 0, 0), dt)
+        (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g), n, reverse=True)
+        finite_AB = jnp.all(jnp.isfinite(M), axis=(1, 2))
+        out = _Out(A - B @ G, jnp.einsum("nap,np->na", B, k), G, k, Q_uu, finite_AB)
+        return (S, s, b), out
+
+    return run
+
+
+def _segment(pipe, j, carry, xs, curvature, lam, keep_pivot, chunk):
+    """The backward pass through segment ``j``: whole chunks by a reverse ``lax.scan`` (top
+    down), then the ``n mod chunk`` bottom layers."""
+    seg = pipe.segments[j]
+    run = _chunk(pipe, j, curvature, lam, keep_pivot)
+    c = chunk or chunk_size(seg, pipe.dtype)
+    q, r = divmod(seg.n, c)
+    if q <= 1:
+        return run(carry, xs)
+    head = jax.tree.map(lambda a: a[:r], xs)
+    body = jax.tree.map(lambda a: a[r:].reshape((q, c) + a.shape[1:]), xs)
+    carry, out_body = jax.lax.scan(run, carry, body, reverse=True)
+    out_body = jax.tree.map(lambda a: a.reshape((q * c,) + a.shape[2:]), out_body)
+    if r == 0:
+        return carry, out_body
+    carry, out_head = run(carry, head)
+    return carry, jax.tree.map(lambda h, b: jnp.concatenate([h, b]), out_head, out_body)
+
+
+def solve(pipe, params, z0, g_rows, damping, curvature: str, *, keep_pivot: bool = False, chunk: int | None = None):
+    """``(H + λI)^{-1} g`` on per-segment rows. Returns ``(x_rows, per-segment _Out)``; with
+    ``keep_pivot`` the outputs hold every ``Q_uu,l`` (for :func:`info`). ``chunk``: layers per
+    chunk (default :func:`chunk_size`)."""
+    _blocks.check_curvature(pipe, curvature)
+    dt = pipe.dtype
+    lam = jnp.asarray(damping, dt)
+    seg_rows = _pipeline.to_rows(pipe, params)
+    _, inputs = _pipeline.forward(pipe, seg_rows, z0)
+
+    outs = [None] * len(pipe.segments)
+    # S_L = 0, s_L = 0, b_L = 1 (z_L is the scalar loss).
+    carry = (jnp.zeros((1, 1), dt), jnp.zeros((1,), dt), jnp.ones((1,), dt))
+    for j in range(len(pipe.segments) - 1, -1, -1):
+        xs = (inputs[j], seg_rows[j], g_rows[j].astype(dt))
+        carry, outs[j] = _segment(pipe, j, carry, xs, curvature, lam, keep_pivot, chunk)
+
+    x_rows = []
+    dz = jnp.zeros((0,), dt)  # dz_0 = 0
+    for seg, o in zip(pipe.segments, outs):
+        dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (o.A_cl, o.Bk), seg.n)
+        x_rows.append(-(jnp.einsum("npa,na->np", o.G, dz_in) + o.k))
+    return x_rows, outs
+
+
+def info(pipe, outs) -> Info:
+    """Pivot health of a :func:`solve` run with ``keep_pivot=True``: the same :class:`Info` as
+    :meth:`Factorization.info` (``K_l`` is not kept; a non-finite ``K_l`` shows in the pivot and
+    the gains it produces)."""
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(o.Q_uu)) & jnp.all(jnp.isfinite(o.G)) for o in outs]))
+    return make_info(pipe, [o.finite_AB for o in outs], finite, [o.Q_uu for o in outs])
