@@ -197,7 +197,7 @@ def main():
         choices=["newton_lm", "newton_tr", "gauss_newton_lm", "gauss_newton_tr"],
         help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping (lm, tr)",
     )
-    ap.add_argument("--init-damping", type=float, default=1.0, help="LM's initial λ")
+    ap.add_argument("--init-damping", type=float, default=0.01, help="LM's initial λ (1 and 0.01 tried; see docs/optax.md)")
     ap.add_argument("--init-radius", type=float, default=1.0, help="the trust region's initial radius")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
