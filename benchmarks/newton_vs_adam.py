@@ -197,14 +197,27 @@ def main():
         choices=["newton_lm", "newton_tr", "gauss_newton_lm", "gauss_newton_tr"],
         help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping (lm, tr)",
     )
-    ap.add_argument("--init-damping", type=float, default=0.01, help="LM's initial λ (1 and 0.01 tried; see docs/optax.md)")
+    ap.add_argument(
+        "--init-damping", type=float, default=0.01, help="LM's initial λ (1 and 0.01 tried; see docs/optax.md)"
+    )
     ap.add_argument("--init-radius", type=float, default=1.0, help="the trust region's initial radius")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="of params and data, for every method (float32 stalls Gauss-Newton near loss 0.03; see docs/optax.md)",
+    )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args()
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    dt = jnp.dtype(args.dtype)
 
-    batch = load_batch(args.batch, args.seed)
+    X, y = load_batch(args.batch, args.seed)
+    batch = (X.astype(dt), y)
     layers, params = make_model(args.width, args.depth, args.seed)
+    params = jax.tree.map(lambda a: a.astype(dt), params)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(
         f"batch {args.batch}, width {args.width}, depth {args.depth} hidden (+ input and logits layers), {n_params} params"
@@ -267,7 +280,9 @@ def main():
         ),
     )
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"newton_vs_adam_{dev.platform}")
+    stem = os.path.join(
+        args.out, f"newton_vs_adam_{dev.platform}" + ("" if args.dtype == "float64" else f"_{args.dtype}")
+    )
     with open(stem + ".json", "w") as f:
         json.dump(dict(meta=meta, results=results), f, indent=1)
     plot(results, meta, stem + ".png")
@@ -309,7 +324,7 @@ def plot(results, meta, path):
     a2.set_xlabel("wall-clock seconds (compile excluded; t=0 drawn at 1e-3)")
     c = meta["config"]
     fig.suptitle(
-        f"digits, batch {c['batch']}, tanh MLP width {c['width']}, depth {c['depth']}+2; "
+        f"digits, batch {c['batch']}, tanh MLP width {c['width']}, depth {c['depth']}+2, {c.get('dtype', 'float32')}; "
         f"{meta['platform']} ({meta['cpu_count']} cores, shared), jax {meta['jax']}"
     )
     fig.tight_layout()
