@@ -122,14 +122,49 @@ def _ihvp_jit(layers, params, z0, g, damping, curvature, method):
     return _ihvp_traced(layers, params, z0, g, damping, curvature, method, True)
 
 
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "with_info"))
+def _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info):
+    rows, outs = _oneshot.solve(pipe, params, z0, b_rows, damping, curvature, keep_pivot=with_info)
+    return rows, (_oneshot.info(pipe, outs) if with_info else None)
+
+
+def _riccati_solve(pipe, layers, params, z0, g_rows, damping, curvature, with_info):
+    """``(C + λI)^{-1} g`` in one pass (blocks computed chunk by chunk inside the recursion, see
+    :mod:`hessinv._oneshot`), as a ``jax.lax.custom_linear_solve``: differentiating the answer
+    with respect to ``g`` is then one more solve with the same symmetric matrix, and with respect
+    to ``params`` it goes through the matrix-vector product (Pearlmutter's hvp, or the GGN's),
+    not through the factorisation. With ``with_info`` (the eager path, ``return_info=True``) it
+    is the plain one-pass solve, differentiated (if at all) through the factorisation."""
+    if with_info:  # (custom_linear_solve's has_aux does not survive jax.grad in jax 0.10.2)
+        return _oneshot_jit(pipe, params, z0, g_rows, damping, curvature, True)
+    lam = jnp.asarray(damping, pipe.dtype)
+    # One flat vector for the linear system: a parameter-free segment's empty rows would reach
+    # custom_linear_solve's JVP rule as symbolic zeros, which it cannot take (jax 0.10.2).
+    shapes = [r.shape for r in g_rows]
+    cuts = np.cumsum([int(np.prod(sh)) for sh in shapes])[:-1]
+
+    def rows(x):
+        return [part.reshape(sh) for part, sh in zip(jnp.split(x, cuts), shapes)]
+
+    def flat(rs):
+        return jnp.concatenate([r.ravel() for r in rs])
+
+    def matvec(x):
+        v = _pipeline.from_rows(pipe, rows(x))
+        Cv = _hvp.ggn_vp(layers, params, z0, v) if curvature == "ggn" else _hvp.pearlmutter_hvp(layers, params, z0, v)
+        return flat(_pipeline.to_rows(pipe, Cv)) + lam * x
+
+    def solve(_, b):
+        return flat(_oneshot_jit(pipe, params, z0, rows(b), damping, curvature, False)[0])
+
+    return rows(jax.lax.custom_linear_solve(matvec, flat(g_rows), solve, symmetric=True)), None
+
+
 def _ihvp_traced(layers, params, z0, g, damping, curvature, method, with_info):
     pipe = _pipeline.build(layers, params, z0)
     g_rows = _pipeline.to_rows(pipe, list(g))
     if method == "riccati":
-        # One pass, blocks computed chunk by chunk inside the recursion (see _oneshot): the same
-        # arithmetic as factorize + solve, with a working set that stays in the cache.
-        rows, outs = _oneshot.solve(pipe, list(params), z0, g_rows, damping, curvature, keep_pivot=with_info)
-        info = _oneshot.info(pipe, outs) if with_info else None
+        rows, info = _riccati_solve(pipe, tuple(layers), list(params), z0, g_rows, damping, curvature, with_info)
     else:
         F = _factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping, method)
         rows = F.solve_rows(g_rows)

@@ -2,6 +2,7 @@
 
 * :func:`pearlmutter_hvp`: ``H v = d/dε ∇L(x + εv)``, forward-over-reverse autodiff of the
   pipeline loss (Pearlmutter 1994). The cheapest way to get one ``H v``.
+* :func:`ggn_vp`: the generalised Gauss-Newton matrix's ``G v``, the same way.
 * :func:`structured_hvp`: ``(H + λI) v`` from the per-layer blocks (the paper's appendix A,
   eq. 52-54): a forward pass ``dz_l = A_l dz_{l-1} + B_l v_l``, then a backward pass
   ``c_{l-1} = A_lᵀ c_l + [K_l (dz_{l-1}, v_l)]_z``, ``(Hv)_l = B_lᵀ c_l + [K_l (dz_{l-1}, v_l)]_x``.
@@ -15,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _pipeline
 
@@ -23,6 +25,31 @@ from . import _pipeline
 def pearlmutter_hvp(layers, params, z0, v):
     grad = jax.grad(lambda p: _pipeline.loss(layers, p, z0))
     return jax.jvp(grad, (params,), (v,))[1]
+
+
+def ggn_vp(layers, params, z0, v):
+    """``G v = Jᵀ ∇²ℓ J v`` (MATH.md section 5): ``J`` the Jacobian of the last layer's input
+    in the parameters, ``ℓ`` the parameter-free last layer. One jvp, one hvp of ``ℓ``, one vjp.
+    Integer leaves of the last layer's input (labels) are carried constants."""
+    body = list(layers[:-1])
+
+    def features(p):
+        return _pipeline.loss(body, p, z0)  # every layer but the last
+
+    z, vjp = jax.vjp(features, list(params[:-1]))
+    leaves, treedef = jax.tree.flatten(z)
+    is_f = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
+
+    def ell(float_leaves):
+        it = iter(float_leaves)
+        zz = jax.tree.unflatten(treedef, [next(it) if f else x for x, f in zip(leaves, is_f)])
+        return _pipeline.loss(layers[-1:], params[-1:], zz)
+
+    Jv = jax.tree.leaves(jax.jvp(features, (list(params[:-1]),), (list(v[:-1]),))[1])
+    fl = [x for x, f in zip(leaves, is_f) if f]
+    HJv = iter(jax.jvp(jax.grad(ell), (fl,), ([t for t, f in zip(Jv, is_f) if f],))[1])
+    ct = [next(HJv) if f else np.zeros(x.shape, jax.dtypes.float0) for x, f in zip(leaves, is_f)]
+    return vjp(jax.tree.unflatten(treedef, ct))[0] + [jax.tree.map(jnp.zeros_like, v[-1])]
 
 
 def structured_hvp_rows(blocks, v_rows, damping=0.0):

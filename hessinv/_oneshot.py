@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _blocks, _pipeline
+from . import _blocks, _pipeline, _stage
 from ._riccati import Info, _sym, make_info, pivot_solve
 
 #: Bytes of blocks per chunk, and the most layers in one: small enough for a chunk's blocks to
@@ -59,9 +59,8 @@ def _step(seg, lam, with_K, keep_pivot):
 
     def step(carry, xs):
         S, s = carry
-        M, K, g = xs
-        Q = M.T @ (S @ M)
-        Q = Q + K if with_K else Q
+        M, K, g, diag, is_block = xs
+        Q = _stage.Q(S, M, K if with_K else None, a_in, diag, is_block)
         Ms = M.T @ s  # (A_lᵀ s, B_lᵀ s)
         Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer: state and adjoint just propagate
@@ -94,7 +93,8 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
         # b_l for this run of layers from the b above it: b_{l-1} = A_lᵀ b_l.
         b, bs = _pipeline.scan(lambda b, A: (A.T @ b, b), b, A, n, reverse=True)
         K = _blocks.second_derivatives(seg, zin, rows, bs, dt) if with_K else jnp.zeros((n, 0, 0), dt)
-        (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g), n, reverse=True)
+        diag, is_block = _stage.diagonal_blocks(seg, A)
+        (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g, diag, is_block), n, reverse=True)
         finite_AB = jnp.all(jnp.isfinite(M), axis=(1, 2))
         out = _Out(A - B @ G, jnp.einsum("nap,np->na", B, k), G, k, Q_uu, finite_AB)
         return (S, s, b), out

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _pipeline
+from . import _pipeline, _stage
 from ._blocks import Blocks, SegmentBlocks
 from ._errors import NonFiniteError, SingularPivotError
 
@@ -112,15 +112,17 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     """Backward recursion through one segment; returns S before it and its StageFactors.
 
     Only the ``S`` recursion is sequential. Each step forms all of ``Q = K + Mᵀ S M`` with
-    ``M = [A_l B_l]`` in two products (``Q_zz``, ``Q_uz``, ``Q_uu`` are its blocks), factorises
-    the pivot and updates ``S``; everything else is batched over the segment outside the loop."""
+    ``M = [A_l B_l]`` (``Q_zz``, ``Q_uz``, ``Q_uu`` are its blocks; see :mod:`hessinv._stage`
+    for batch-block-diagonal ``A_l``), factorises the pivot and updates ``S``; everything else is
+    batched over the segment outside the loop."""
     p, a_in, dt = seg.p, seg.a_in, blk.A.dtype
     eye = jnp.eye(p, dtype=dt)
     M = jnp.concatenate([blk.A, blk.B], axis=2)  # (n, a_out, a_in + p)
+    diag, is_block = _stage.diagonal_blocks(seg, blk.A)
 
     def step(S, xs):
-        M, K = xs
-        Q = K + M.T @ (S @ M)
+        M, K, diag, is_block = xs
+        Q = _stage.Q(S, M, K, a_in, diag, is_block)
         Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
             empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
@@ -130,7 +132,8 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
         lu, piv, G = pivot_solve(Q_uu, Q_uz)
         return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, S)
 
-    S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, (M, blk.K), seg.n, reverse=True, unroll=unroll)
+    xs = (M, blk.K, diag, is_block)
+    S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, xs, seg.n, reverse=True, unroll=unroll)
     perm = jax.lax.linalg.lu_pivots_to_permutation(piv, p) if p else jnp.zeros(piv.shape, jnp.int32)
     A_cl = blk.A - blk.B @ G  # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
     return S, StageFactors(Q_uu, lu, piv, perm, G, S_l, A_cl)

@@ -1,0 +1,82 @@
+"""The stage matrix ``Q_l = K_l + M_lᵀ S_l M_l`` with ``M_l = [A_l B_l]`` (MATH.md section 3),
+dense, or exploiting a batch-block-diagonal ``A_l``.
+
+A layer that acts on each example of a batch separately (a dense layer, an activation, a
+per-example head) has ``A_l = ∂f_l/∂z`` block-diagonal: one ``w_out × w_in`` block per example.
+Stored densely, ``A_l`` costs the recursion ``O(a³)`` per stage with ``a = batch × width``;
+block by block, the products with ``A_l`` cost ``O(a² w)``, leaving ``S_l B_l`` and the ``S``
+update (``O(a² p)``) as the dominant terms.
+
+Whether a layer really acts per example is not something a shape can tell (a batch norm, a
+pooling across examples, attention over the batch all keep the shapes). So the structured product
+is used only where the numbers prove it exact: ``A_l``'s off-diagonal blocks are all exactly zero.
+Each stage checks that (batched, before the sequential recursion) and takes the dense product
+otherwise (``lax.cond``: only one branch runs). The answer never depends on the guess.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _pipeline
+
+#: Below this many entries of ``A_l`` (``a_out · a_in``) the dense products are cheaper than the
+#: bookkeeping (measured: the batch-4 width-4 benchmark MLP, a = 16, is fastest dense).
+MIN_STRUCTURED = 128 * 128
+
+
+def batch_blocks(seg: _pipeline.Segment):
+    """``(n_examples, w_out, w_in)`` if segment ``seg``'s ``A_l`` may be block-diagonal over a
+    leading batch axis, else ``None``: one floating leaf in and out, with the same leading length
+    ``≥ 2`` (so the flat activation vector is example-major), and big enough to be worth it."""
+    if seg.frozen_input or seg.a_in * seg.a_out < MIN_STRUCTURED:
+        return None
+    ins = [s for s, f in zip(seg.in_spec.shapes, seg.in_spec.is_float) if f]
+    outs = [s for s, f in zip(seg.out_spec.shapes, seg.out_spec.is_float) if f]
+    if len(ins) != 1 or len(outs) != 1 or len(ins[0]) < 2 or len(outs[0]) < 2:
+        return None
+    n = ins[0][0]
+    if n < 2 or outs[0][0] != n:
+        return None
+    return n, seg.a_out // n, seg.a_in // n
+
+
+def diagonal_blocks(seg: _pipeline.Segment, A):
+    """For ``A`` ``(n, a_out, a_in)``: its diagonal blocks ``(n, n_examples, w_out, w_in)`` and
+    whether every off-diagonal entry is exactly zero ``(n,)``; ``(None, None)`` when the segment
+    has no batch structure to look for."""
+    bb = batch_blocks(seg)
+    if bb is None:
+        return None, None
+    e, wo, wi = bb
+    A4 = A.reshape(A.shape[0], e, wo, e, wi)
+    idx = np.arange(e)
+    diag = jnp.moveaxis(A4[:, idx, :, idx, :], 0, 1)  # (n, e, wo, wi)
+    off = ~np.eye(e, dtype=bool)[:, None, :, None]
+    return diag, jnp.all(jnp.where(off, A4, 0) == 0, axis=(1, 2, 3, 4))
+
+
+def Q(S, M, K, a_in: int, blocks=None, is_block=None):
+    """``K + Mᵀ S M``: dense, or (when ``is_block``) with ``A = M[:, :a_in]`` applied block by
+    block from its diagonal ``blocks`` ``(n_examples, w_out, w_in)``. ``K=None`` means zero."""
+
+    def dense(S, M, blocks):
+        return M.T @ (S @ M)
+
+    def structured(S, M, blocks):
+        e, wo, _ = blocks.shape
+        a_out = M.shape[0]
+        B = M[:, a_in:]
+        SA = jnp.einsum("xew,ewv->xev", S.reshape(a_out, e, wo), blocks).reshape(a_out, a_in)  # S A
+        AtSA = jnp.einsum("ewv,ewy->evy", blocks, SA.reshape(e, wo, a_in)).reshape(a_in, a_in)
+        SB = S @ B
+        AtSB = jnp.einsum("ewv,ewp->evp", blocks, SB.reshape(e, wo, -1)).reshape(a_in, -1)
+        return jnp.block([[AtSA, AtSB], [AtSB.T, B.T @ SB]])
+
+    if blocks is None:
+        out = dense(S, M, None)
+    else:
+        out = jax.lax.cond(is_block, structured, dense, S, M, blocks)
+    return out if K is None else out + K

@@ -1,0 +1,93 @@
+"""Batch-block-diagonal A_l (hessinv._stage): the structured stage product is used only where
+A_l's off-diagonal blocks are exactly zero, and every answer still equals the dense reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import flat, like, ref_hessian, rel_err, residual, stacked
+
+import hessinv
+from hessinv import _pipeline, _stage
+
+
+def batch_mix(z, x):
+    """Same shapes as ``residual``, but every example sees the batch mean: A_l is dense."""
+    h = z["h"] + jnp.sin(z["h"] @ x["W"] + x["c"])
+    return {"h": h - 0.3 * jnp.mean(h, axis=0), "y": z["y"]}
+
+
+def _case(block):
+    # a = 32 examples x width 4 = 128: big enough for the structured product (MIN_STRUCTURED).
+    layers, params, z0 = stacked(depth=4, w=4, B=32, block=block)
+    H = np.asarray(jax.jit(lambda p: ref_hessian(layers, p, z0))(params))
+    return layers, params, z0, H
+
+
+@pytest.fixture(scope="module")
+def per_example():
+    return _case(residual)
+
+
+@pytest.fixture(scope="module")
+def mixing():
+    return _case(batch_mix)
+
+
+def _flags(layers, params, z0):
+    """Per segment: the candidate block shape and, per layer, whether A_l proved block-diagonal."""
+    blk = hessinv.blocks(layers, params, z0)
+    out = []
+    for seg, sb in zip(blk.pipe.segments, blk.segments):
+        _, is_block = _stage.diagonal_blocks(seg, sb.A)
+        out.append((_stage.batch_blocks(seg), None if is_block is None else np.asarray(is_block)))
+    return out
+
+
+def test_structure_is_found_only_where_it_holds(per_example, mixing):
+    layers, params, z0, _ = per_example
+    flags = _flags(layers, params, z0)
+    assert flags[0] == (None, None)  # the first layer: frozen input, no A_l
+    assert flags[1][0] == (32, 4, 4) and flags[1][1].all()  # the residual Stack: per example
+    assert flags[-1][0] is None  # the head returns a scalar
+    layers, params, z0, _ = mixing
+    bb, is_block = _flags(layers, params, z0)[1]
+    assert bb == (32, 4, 4) and not is_block.any()  # a candidate by shape, refused by the numbers
+
+
+def test_small_activations_stay_dense():
+    layers, params, z0 = stacked(depth=4, w=4, B=4)
+    assert all(_stage.batch_blocks(seg) is None for seg in _pipeline.build(layers, params, z0).segments)
+
+
+@pytest.mark.parametrize("case", ["per_example", "mixing"])
+@pytest.mark.parametrize("damping", [0.02, 0.2])
+def test_ihvp_factorize_logdet_inertia_match_dense(case, damping, request):
+    layers, params, z0, H = request.getfixturevalue(case)
+    A = H + damping * np.eye(len(H))
+    ev = np.linalg.eigvalsh(A)
+    assert np.linalg.cond(A) < 1e5 and ev.min() < 0  # well conditioned and indefinite
+    g = like(params, seed=3)
+    ref = np.linalg.solve(A, flat(g))
+    assert rel_err(flat(hessinv.ihvp(layers, params, z0, g, damping=damping)), ref) < 1e-10
+    F = hessinv.factorize(layers, params, z0, damping=damping)
+    assert rel_err(flat(F.solve(g)), ref) < 1e-10
+    sign, logabs = F.logdet()
+    s_ref, l_ref = np.linalg.slogdet(A)
+    assert float(sign) == s_ref and abs(float(logabs) - l_ref) < 1e-9 * max(1.0, abs(l_ref))
+    assert tuple(int(c) for c in F.inertia()) == (int((ev > 0).sum()), int((ev < 0).sum()), 0)
+
+
+def test_structured_product_equals_dense_product():
+    """The two branches of _stage.Q on one random stage, directly."""
+    e, w, p = 8, 3, 5
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    blocks = jax.random.normal(k[0], (e, w, w))
+    A = jax.scipy.linalg.block_diag(*blocks)
+    M = jnp.concatenate([A, jax.random.normal(k[1], (e * w, p))], axis=1)
+    S = jax.random.normal(k[2], (e * w, e * w))
+    S = S + S.T
+    K = jax.random.normal(k[3], (e * w + p, e * w + p))
+    got = _stage.Q(S, M, K, e * w, blocks, jnp.array(True))
+    want = K + M.T @ S @ M
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
