@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax  # the optax library (absolute import; hessinv's public wrapper is hessinv.optax)
 
-from . import _api, _blocks, _hvp, _pipeline
+from . import _api, _blocks, _hvp, _oneshot, _pipeline
 
 CURVATURES = ("hessian", "ggn")
 DAMPINGS = ("lm", "trust_region")
@@ -288,18 +288,22 @@ def scale_by_newton(
             raise ValueError("scale_by_newton needs params: call update(grads, state, params, z0=batch)")
         if z0 is None:
             raise ValueError("scale_by_newton needs the batch: call update(grads, state, params, z0=batch)")
-        blk = _api.blocks(layers, params, z0, curvature=curvature)
-        pipe = blk.pipe
+        pipe = _pipeline.build(layers, params, z0)
+        if _pipeline.is_concrete(params, z0):  # called eagerly: NaN/inf inputs raise, naming the leaf
+            _api._check_inputs(params, z0)
         dt = pipe.dtype
         sdt = state.damping.dtype
         g = _pipeline.to_rows(pipe, list(updates))
 
-        def solve(lam):
-            F = _blocks.Blocks.factorize(blk, lam)
-            return F, F.solve_rows(g)
-
         tol = jnp.asarray(max([seg.p for seg in pipe.segments] + [1]) * jnp.finfo(dt).eps, dt)  # as Factorization
         if mode == "trust_region":
+            # Many dampings per step: the λ-independent blocks are computed once and kept.
+            blk = _api.blocks(layers, params, z0, curvature=curvature)
+
+            def solve(lam):
+                F = _blocks.Blocks.factorize(blk, lam)
+                return F, F.solve_rows(g)
+
             lam, d, pivots, iters, found = _trust_region_damping(
                 solve,
                 g,
@@ -312,9 +316,11 @@ def scale_by_newton(
                 [(seg.n, seg.p, seg.p) for seg in pipe.segments if seg.p > 0],
             )
         else:
+            # One damping per step: the one-pass solve (blocks computed chunk by chunk inside
+            # the recursion, never all kept), about half the time of blocks + factorize + solve.
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            F, d = solve(lam)
-            pivots = _pivots(F)
+            d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
+            pivots = [o.Q_uu for seg, o in zip(pipe.segments, outs) if seg.p > 0]
             iters, found = jnp.ones((), jnp.int32), jnp.array(True)
 
         pd, min_rcond = _cholesky_health(pivots)
@@ -325,7 +331,11 @@ def scale_by_newton(
             ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
 
         # The quadratic model at s = -d, with the undamped curvature C.
-        Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
+        if mode == "trust_region":
+            Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
+        else:  # Pearlmutter's hvp, or the GGN's Jᵀ ∇²ℓ J d: a few gradients' worth
+            vp = _hvp.ggn_vp if curvature == "ggn" else _hvp.pearlmutter_hvp
+            Cd = _pipeline.to_rows(pipe, vp(layers, list(params), z0, _pipeline.from_rows(pipe, d)))
         pred = _dot(g, d) - 0.5 * _dot(d, Cd)
         step = _pipeline.from_rows(pipe, d)
         trial = [jax.tree.map(lambda x, s: x - s.astype(x.dtype), x, s) for x, s in zip(params, step)]
