@@ -104,27 +104,28 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
 
 def _segment(pipe, j, carry, xs, curvature, lam, keep_pivot, chunk):
     """The backward pass through segment ``j``: whole chunks by a reverse ``lax.scan`` (top
-    down), then the ``n mod chunk`` bottom layers."""
+    down), then the ``n mod chunk`` bottom layers. Returns the outputs as a list of pieces,
+    bottom up (not concatenated: that would copy the largest arrays ``ihvp`` keeps)."""
     seg = pipe.segments[j]
     run = _chunk(pipe, j, curvature, lam, keep_pivot)
     c = chunk or chunk_size(seg, pipe.dtype)
     q, r = divmod(seg.n, c)
     if q <= 1:
-        return run(carry, xs)
-    head = jax.tree.map(lambda a: a[:r], xs)
+        carry, out = run(carry, xs)
+        return carry, [out]
     body = jax.tree.map(lambda a: a[r:].reshape((q, c) + a.shape[1:]), xs)
     carry, out_body = jax.lax.scan(run, carry, body, reverse=True)
     out_body = jax.tree.map(lambda a: a.reshape((q * c,) + a.shape[2:]), out_body)
     if r == 0:
-        return carry, out_body
-    carry, out_head = run(carry, head)
-    return carry, jax.tree.map(lambda h, b: jnp.concatenate([h, b]), out_head, out_body)
+        return carry, [out_body]
+    carry, out_head = run(carry, jax.tree.map(lambda a: a[:r], xs))
+    return carry, [out_head, out_body]
 
 
 def solve(pipe, params, z0, g_rows, damping, curvature: str, *, keep_pivot: bool = False, chunk: int | None = None):
-    """``(H + λI)^{-1} g`` on per-segment rows. Returns ``(x_rows, per-segment _Out)``; with
-    ``keep_pivot`` the outputs hold every ``Q_uu,l`` (for :func:`info`). ``chunk``: layers per
-    chunk (default :func:`chunk_size`)."""
+    """``(H + λI)^{-1} g`` on per-segment rows. Returns ``(x_rows, outs)``: per segment, a list of
+    :class:`_Out` pieces (bottom up); with ``keep_pivot`` they hold every ``Q_uu,l`` (for
+    :func:`info`). ``chunk``: layers per chunk (default :func:`chunk_size`)."""
     _blocks.check_curvature(pipe, curvature)
     dt = pipe.dtype
     lam = jnp.asarray(damping, dt)
@@ -140,9 +141,12 @@ def solve(pipe, params, z0, g_rows, damping, curvature: str, *, keep_pivot: bool
 
     x_rows = []
     dz = jnp.zeros((0,), dt)  # dz_0 = 0
-    for seg, o in zip(pipe.segments, outs):
-        dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (o.A_cl, o.Bk), seg.n)
-        x_rows.append(-(jnp.einsum("npa,na->np", o.G, dz_in) + o.k))
+    for pieces in outs:
+        dx = []
+        for o in pieces:
+            dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (o.A_cl, o.Bk), o.k.shape[0])
+            dx.append(-(jnp.einsum("npa,na->np", o.G, dz_in) + o.k))
+        x_rows.append(dx[0] if len(dx) == 1 else jnp.concatenate(dx))
     return x_rows, outs
 
 
@@ -150,5 +154,12 @@ def info(pipe, outs) -> Info:
     """Pivot health of a :func:`solve` run with ``keep_pivot=True``: the same :class:`Info` as
     :meth:`Factorization.info` (``K_l`` is not kept; a non-finite ``K_l`` shows in the pivot and
     the gains it produces)."""
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(o.Q_uu)) & jnp.all(jnp.isfinite(o.G)) for o in outs]))
-    return make_info(pipe, [o.finite_AB for o in outs], finite, [o.Q_uu for o in outs])
+
+    def cat(pieces, field):
+        parts = [getattr(o, field) for o in pieces]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+    finite = jnp.all(
+        jnp.array([jnp.all(jnp.isfinite(o.Q_uu)) & jnp.all(jnp.isfinite(o.G)) for pieces in outs for o in pieces])
+    )
+    return make_info(pipe, [cat(p, "finite_AB") for p in outs], finite, [cat(p, "Q_uu") for p in outs])
