@@ -160,6 +160,23 @@ def ref_hessian(layers, params, z0):
     return jax.hessian(lambda t: ref_loss(layers, unravel(t), z0))(flat)
 
 
+def ref_ggn(layers, params, z0):
+    """The generalised Gauss-Newton matrix ``Jᵀ ∇²ℓ J`` densely (differentiable in params): ``J``
+    of the last layer's input ``z["h"]`` in the flattened params, ``ℓ`` the parameter-free last
+    layer applied to ``{"h", "y"}``."""
+    flat0, unravel = ravel_pytree(list(params))
+
+    def logits(t):
+        z = z0
+        for f, x in zip(layers[:-1], unravel(t)[:-1]):
+            z = f(z, x)
+        return z["h"].ravel()
+
+    J = jax.jacobian(logits)(flat0)
+    Hl = jax.hessian(lambda h: layers[-1]({"h": h.reshape(z0["y"].shape[0], -1), "y": z0["y"]}, {}))(logits(flat0))
+    return J.T @ Hl @ J
+
+
 def ref_hvp(layers, params, z0, v):
     """Forward-over-reverse on the plain composition (Pearlmutter 1994), jitted."""
 

@@ -1,7 +1,6 @@
 """The stage recursion: ihvp, factorize, solve, logdet, inertia, against dense references."""
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -115,7 +114,7 @@ def test_grad_through_ihvp_wrt_g():
 def test_grad_through_ihvp_wrt_params(curvature):
     """Implicit differentiation: ∇_θ cᵀ(C(θ) + λI)^{-1} g goes through the matrix-vector product
     (third derivatives of the loss), against autodiff of the dense solve."""
-    from helpers import mlp, ref_hessian
+    from helpers import mlp, ref_ggn, ref_hessian
     from test_oneshot import _head_logits, _xent
 
     layers, params, z0 = mlp()
@@ -131,17 +130,7 @@ def test_grad_through_ihvp_wrt_params(curvature):
         if curvature == "hessian":
             C = ref_hessian(layers, p, z0)
         else:  # Jᵀ ∇²ℓ J, densely, from the plain composition
-            x0, unravel = jax.flatten_util.ravel_pytree(list(p))
-
-            def logits(x):
-                z = z0
-                for f, xl in zip(layers[:-1], unravel(x)[:-1]):
-                    z = f(z, xl)
-                return z["h"].ravel()
-
-            J = jax.jacfwd(logits)(x0)
-            Hl = jax.hessian(lambda h: _xent({"h": h.reshape(z0["h"].shape[0], -1), "y": z0["y"]}, {}))(logits(x0))
-            C = J.T @ Hl @ J
+            C = ref_ggn(layers, p, z0)
         return jnp.dot(c, jnp.linalg.solve(C + 0.5 * jnp.eye(C.shape[0]), flat(g)))
 
     got, want = jax.jit(jax.grad(ours))(params), jax.jit(jax.grad(ref))(params)
