@@ -47,11 +47,6 @@ def load_batch(n: int, seed: int = 0):
     return jnp.asarray(X[idx], jnp.float32), jnp.asarray(y[idx], jnp.int32)
 
 
-def first(z, p):
-    x, y = z
-    return (jnp.tanh(x @ p["W"] + p["b"]), y)
-
-
 def hidden(z, p):
     h, y = z
     return (jnp.tanh(h @ p["W"] + p["b"]), y)
@@ -68,7 +63,7 @@ def cross_entropy(z, p):
 
 
 def make_model(width: int, depth: int, seed: int = 0):
-    layers = (first, hessinv.Stack(hidden, depth), logits, cross_entropy)
+    layers = (hidden, hessinv.Stack(hidden, depth), logits, cross_entropy)
     k = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = [
         dict(W=jax.random.normal(k[0], (64, width)) / np.sqrt(64), b=jnp.zeros(width)),

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from . import _blocks, _hvp, _oneshot, _pipeline, _riccati
 from ._errors import NonFiniteError
@@ -140,14 +141,10 @@ def _riccati_solve(pipe, layers, params, z0, g_rows, damping, curvature, with_in
     lam = jnp.asarray(damping, pipe.dtype)
     # One flat vector for the linear system: a parameter-free segment's empty rows would reach
     # custom_linear_solve's JVP rule as symbolic zeros, which it cannot take (jax 0.10.2).
-    shapes = [r.shape for r in g_rows]
-    cuts = np.cumsum([int(np.prod(sh)) for sh in shapes])[:-1]
-
-    def rows(x):
-        return [part.reshape(sh) for part, sh in zip(jnp.split(x, cuts), shapes)]
+    g_flat, rows = ravel_pytree(g_rows)
 
     def flat(rs):
-        return jnp.concatenate([r.ravel() for r in rs])
+        return ravel_pytree(rs)[0]
 
     def matvec(x):
         v = _pipeline.from_rows(pipe, rows(x))
@@ -157,7 +154,7 @@ def _riccati_solve(pipe, layers, params, z0, g_rows, damping, curvature, with_in
     def solve(_, b):
         return flat(_oneshot_jit(pipe, params, z0, rows(b), damping, curvature, False)[0])
 
-    return rows(jax.lax.custom_linear_solve(matvec, flat(g_rows), solve, symmetric=True)), None
+    return rows(jax.lax.custom_linear_solve(matvec, g_flat, solve, symmetric=True)), None
 
 
 def _ihvp_traced(layers, params, z0, g, damping, curvature, method, with_info):

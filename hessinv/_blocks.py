@@ -142,18 +142,6 @@ def has_K(pipe: _pipeline.Pipeline, j: int, curvature: str) -> bool:
     return curvature == "hessian" or j == len(pipe.segments) - 1
 
 
-def segment_blocks(pipe, j: int, zin, rows, b, curvature: str) -> SegmentBlocks:
-    """All four blocks of segment ``j`` (or of a chunk of its layers: any leading length)."""
-    seg, dt = pipe.segments[j], pipe.dtype
-    A, B = jacobians(seg, zin, rows, dt)
-    if has_K(pipe, j, curvature):
-        K = second_derivatives(seg, zin, rows, b, dt)
-    else:
-        m = seg.a_in + seg.p
-        K = jnp.zeros((rows.shape[0], m, m), dt)
-    return SegmentBlocks(A, B, b, K)
-
-
 @functools.partial(jax.jit, static_argnames=("pipe", "curvature"))
 def compute(pipe: _pipeline.Pipeline, params, z0, curvature: str = "hessian") -> Blocks:
     """All blocks of the pipeline at ``(params, z0)``. Jitted: ``pipe`` is static."""

@@ -104,10 +104,6 @@ def pivot_solve(Q, X):
     return lu[:, :p], piv, jax.lax.linalg.triangular_solve(lu[:, :p], lu[:, p:], left_side=True, lower=False)
 
 
-def _split_K(K, a_in):
-    return K[:a_in, :a_in], K[:a_in, a_in:], K[a_in:, a_in:]
-
-
 def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     """Backward recursion through one segment; returns S before it and its StageFactors.
 
@@ -218,7 +214,7 @@ class Factorization:
                 ks[j] = jnp.zeros((segs[j].n, 0), dt)
             else:
                 q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
-                ks[j] = jax.vmap(lambda lu, perm, q: _lu_solve(lu, perm, q[:, None])[:, 0])(st.lu, st.perm, q_u)
+                ks[j] = jax.vmap(_lu_solve)(st.lu, st.perm, q_u)
 
         out = []
         dz = jnp.zeros((0,), dt)  # dz_0 = 0

@@ -114,7 +114,9 @@ def dense(blk, lam=0.0):
     Q26 = np.block([[P.T @ Kzz @ P, P.T @ Kzx], [Kzx.T @ P, Kxx]])
     Q = Q26 - np.block([[np.eye(na), np.zeros((na, n_p))], [np.zeros((n_p, na)), -lam * np.eye(n_p)]])
     A = Dx.T @ Minv.T @ Minv @ Dx
-    return dict(M=M, Minv=Minv, Dx=Dx, P=P, Kzz=Kzz, Kzx=Kzx, Kxx=Kxx, U=U, Q26=Q26, Q=Q, A=A, na=na, n_p=n_p, a=a, oa=oa)
+    return dict(
+        M=M, Minv=Minv, Dx=Dx, P=P, Kzz=Kzz, Kzx=Kzx, Kxx=Kxx, U=U, Q26=Q26, Q=Q, A=A, na=na, n_p=n_p, a=a, oa=oa
+    )
 
 
 SMALL = [(bias_sp, 0.0), (bias_tanh, 0.1), (scale_sp, 0.3)]
@@ -207,20 +209,18 @@ def test_structured_operators(small):
     np.testing.assert_allclose(ut, d["U"].T @ r, atol=1e-12 * np.abs(d["U"].T @ r).max())
 
 
-def _split(pipe, v):
+def _split(pipe, v, width=lambda seg: seg.p):
+    """A flat vector as per-segment ``(n, width)`` rows (parameters by default)."""
     out, i = [], 0
     for seg in pipe.segments:
-        out.append(jnp.asarray(v[i : i + seg.n * seg.p]).reshape(seg.n, seg.p))
-        i += seg.n * seg.p
+        w = width(seg)
+        out.append(jnp.asarray(v[i : i + seg.n * w]).reshape(seg.n, w))
+        i += seg.n * w
     return out
 
 
 def _split_a(pipe, v):
-    out, i = [], 0
-    for seg in pipe.segments:
-        out.append(jnp.asarray(v[i : i + seg.n * seg.a_out]).reshape(seg.n, seg.a_out))
-        i += seg.n * seg.a_out
-    return out
+    return _split(pipe, v, lambda seg: seg.a_out)
 
 
 def _SH(d):
