@@ -7,8 +7,10 @@ factorisation needs them (``matvec``, ``logdet``, many solves). A single solve d
 * the backward pass walks each segment in chunks of ``chunk`` layers: it computes the chunk's
   ``A, B, K`` (vmapped), then runs the factorisation step *and* the backward solve step of
   MATH.md section 3 layer by layer, and keeps only what the forward pass needs
-  (``A_l − B_l G_l``, ``B_l k_l``, ``G_l``, ``k_l``);
-* the forward pass is the same closed-loop scan as :meth:`Factorization.solve_rows`.
+  (``A_l − B_l G_l``, ``B_l k_l``, ``G_l``, ``k_l``; for a large layer only ``G_l``, ``k_l``,
+  see :func:`_recompute`);
+* the forward pass is the same closed-loop scan as :meth:`Factorization.solve_rows` (for a large
+  layer, ``dz_l = A_l dz_{l-1} + B_l dx_l`` is a jvp of the layer instead).
 
 The arithmetic is the same as ``factorize`` then ``solve``, so are the answers (to rounding).
 What changes is the working set: one chunk's blocks (a few hundred kB) instead of every layer's
@@ -22,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _blocks, _pipeline, _stage
 from ._riccati import Info, _sym, make_info, pivot_solve
@@ -43,12 +46,31 @@ def chunk_size(seg, dtype) -> int:
 class _Out(NamedTuple):
     """Per layer (stacked over a segment): what the forward pass needs, and health flags."""
 
-    A_cl: jax.Array  # (a_out, a_in)  A_l − B_l G_l
-    Bk: jax.Array  # (a_out,)  B_l k_l
+    A_cl: jax.Array  # (a_out, a_in)  A_l − B_l G_l ((0, 0) for a large layer: see _recompute)
+    Bk: jax.Array  # (a_out,)  B_l k_l ((0,) for a large layer)
     G: jax.Array  # (p, a_in)
     k: jax.Array  # (p,)
     Q_uu: jax.Array  # (p, p) the pivot, kept only for diagnostics (else (0, 0))
     finite_AB: jax.Array  # () bool: A_l and B_l finite
+
+
+def _recompute(seg) -> bool:
+    """Does the forward pass of segment ``seg`` recompute ``dz_l = A_l dz_{l-1} + B_l dx_l`` as a
+    jvp of the layer, instead of keeping the closed-loop map ``A_l − B_l G_l``? For a large layer
+    (``a_out · a_in`` at least :data:`hessinv._stage.MIN_STRUCTURED`) the jvp is a layer's forward
+    pass, while the kept map is a dense ``a_out × a_in`` matrix per layer: forming it is a GEMM,
+    and allocating and writing it (2 MB a layer for a batch-64 width-8 MLP) cost more than the
+    whole recursion step. Small layers keep the map: one matrix-vector product a step is the
+    cheapest forward pass there is."""
+    return seg.a_out * max(seg.a_in, 1) >= _stage.MIN_STRUCTURED
+
+
+def _layer_jvp(seg, zin, row, dz, dx, dt):
+    """``A_l dz + B_l dx`` (flat) by one jvp of the layer at ``(z_{l-1}, x_l)``."""
+    F, ps = _blocks._layer_of_parts(seg, zin, row, dt)
+    sizes = [v.shape[0] for v in ps]
+    tangents = jnp.split(jnp.concatenate([dz, dx]), np.cumsum(sizes)[:-1])
+    return jax.jvp(F, ps, tuple(tangents))[1]
 
 
 def _step(seg, lam, with_K, keep_pivot):
@@ -60,20 +82,18 @@ def _step(seg, lam, with_K, keep_pivot):
     def step(carry, xs):
         S, s = carry
         M, K, g, diag, is_block = xs
-        Q = _stage.Q(S, M, K if with_K else None, a_in, diag, is_block)
+        Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K if with_K else None, a_in, diag, is_block)
         Ms = M.T @ s  # (A_lᵀ s, B_lᵀ s)
-        Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer: state and adjoint just propagate
-            dt = Q.dtype
+            dt = Q_zz.dtype
             return (_sym(Q_zz), Ms), (jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt), jnp.zeros((0, 0), dt))
-        Q_uu = Q[a_in:, a_in:] + lam * jnp.eye(p, dtype=Q.dtype)  # symmetric as S and K are
-        Q_uz = Q[a_in:, :a_in]
+        Q_uu = _sym(Q_uu) + lam * jnp.eye(p, dtype=Q_uu.dtype)
         q_u = Ms[a_in:] - g
         _, _, Gk = pivot_solve(Q_uu, jnp.concatenate([Q_uz, q_u[:, None]], axis=1))  # one LU for G and k
         G, k = Gk[:, :a_in], Gk[:, a_in]
         S_prev = _sym(Q_zz - Q_uz.T @ G)
         s_prev = Ms[:a_in] - G.T @ q_u
-        return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), Q.dtype))
+        return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), Q_uu.dtype))
 
     return step
 
@@ -96,7 +116,11 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
         diag, is_block = _stage.diagonal_blocks(seg, A)
         (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g, diag, is_block), n, reverse=True)
         finite_AB = jnp.all(jnp.isfinite(M), axis=(1, 2))
-        out = _Out(A - B @ G, jnp.einsum("nap,np->na", B, k), G, k, Q_uu, finite_AB)
+        if _recompute(seg):
+            empty = jnp.zeros((n, 0), dt)
+            out = _Out(empty[:, :, None], empty, G, k, Q_uu, finite_AB)
+        else:
+            out = _Out(A - B @ G, jnp.einsum("nap,np->na", B, k), G, k, Q_uu, finite_AB)
         return (S, s, b), out
 
     return run
@@ -139,13 +163,27 @@ def solve(pipe, params, z0, g_rows, damping, curvature: str, *, keep_pivot: bool
         xs = (inputs[j], seg_rows[j], g_rows[j].astype(dt))
         carry, outs[j] = _segment(pipe, j, carry, xs, curvature, lam, keep_pivot, chunk)
 
+    # Forward: dx_l = −(G_l dz_{l-1} + k_l), dz_l = A_l dz_{l-1} + B_l dx_l, from dz_0 = 0.
     x_rows = []
-    dz = jnp.zeros((0,), dt)  # dz_0 = 0
-    for pieces in outs:
-        dx = []
+    dz = jnp.zeros((0,), dt)
+    for seg, zin, rows, pieces in zip(pipe.segments, inputs, seg_rows, outs):
+        dx, lo = [], 0
         for o in pieces:
-            dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (o.A_cl, o.Bk), o.k.shape[0])
-            dx.append(-(jnp.einsum("npa,na->np", o.G, dz_in) + o.k))
+            n = o.k.shape[0]
+            if _recompute(seg):
+
+                def fwd(dz, xs, seg=seg):
+                    zin, row, G, k = xs
+                    dx = -(G @ dz + k)
+                    return _layer_jvp(seg, zin, row, dz, dx, dt), dx
+
+                xs = (jax.tree.map(lambda a, lo=lo, n=n: a[lo : lo + n], zin), rows[lo : lo + n], o.G, o.k)
+                dz, dx_o = _pipeline.scan(fwd, dz, xs, n)
+            else:
+                dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (o.A_cl, o.Bk), n)
+                dx_o = -(jnp.einsum("npa,na->np", o.G, dz_in) + o.k)
+            dx.append(dx_o)
+            lo += n
         x_rows.append(dx[0] if len(dx) == 1 else jnp.concatenate(dx))
     return x_rows, outs
 

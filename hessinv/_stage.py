@@ -61,9 +61,20 @@ def diagonal_blocks(seg: _pipeline.Segment, A):
 def Q(S, M, K, a_in: int, blocks=None, is_block=None):
     """``K + Mᵀ S M``: dense, or (when ``is_block``) with ``A = M[:, :a_in]`` applied block by
     block from its diagonal ``blocks`` ``(n_examples, w_out, w_in)``. ``K=None`` means zero."""
+    Q_zz, Q_uz, Q_uu = Q_parts(S, M, K, a_in, blocks, is_block)
+    return jnp.block([[Q_zz, Q_uz.T], [Q_uz, Q_uu]])
+
+
+def Q_parts(S, M, K, a_in: int, blocks=None, is_block=None):
+    """The blocks ``(Q_zz, Q_uz, Q_uu)`` of :func:`Q`, without assembling ``Q``: the recursion
+    uses them separately, and assembling a large ``Q`` is a copy that costs as much as the
+    structured products themselves."""
+
+    def split(Q):
+        return Q[:a_in, :a_in], Q[a_in:, :a_in], Q[a_in:, a_in:]
 
     def dense(S, M, blocks):
-        return M.T @ (S @ M)
+        return split(M.T @ (S @ M))
 
     def structured(S, M, blocks):
         e, wo, _ = blocks.shape
@@ -73,10 +84,10 @@ def Q(S, M, K, a_in: int, blocks=None, is_block=None):
         AtSA = jnp.einsum("ewv,ewy->evy", blocks, SA.reshape(e, wo, a_in)).reshape(a_in, a_in)
         SB = S @ B
         AtSB = jnp.einsum("ewv,ewp->evp", blocks, SB.reshape(e, wo, -1)).reshape(a_in, -1)
-        return jnp.block([[AtSA, AtSB], [AtSB.T, B.T @ SB]])
+        return AtSA, AtSB.T, B.T @ SB
 
     if blocks is None:
-        out = dense(S, M, None)
+        parts = dense(S, M, None)
     else:
-        out = jax.lax.cond(is_block, structured, dense, S, M, blocks)
-    return out if K is None else out + K
+        parts = jax.lax.cond(is_block, structured, dense, S, M, blocks)
+    return parts if K is None else tuple(q + k for q, k in zip(parts, split(K)))

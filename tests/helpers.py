@@ -167,10 +167,7 @@ def ref_ggn(layers, params, z0):
     flat0, unravel = ravel_pytree(list(params))
 
     def logits(t):
-        z = z0
-        for f, x in zip(layers[:-1], unravel(t)[:-1]):
-            z = f(z, x)
-        return z["h"].ravel()
+        return ref_loss(layers[:-1], unravel(t)[:-1], z0)["h"].ravel()
 
     J = jax.jacobian(logits)(flat0)
     Hl = jax.hessian(lambda h: layers[-1]({"h": h.reshape(z0["y"].shape[0], -1), "y": z0["y"]}, {}))(logits(flat0))

@@ -4,10 +4,10 @@ included, against the dense reference and against factorize + solve."""
 import jax
 import numpy as np
 import pytest
-from helpers import flat, like, ref_hessian, rel_err, stacked
+from helpers import flat, like, ref_ggn, ref_hessian, rel_err, stacked
 
 import hessinv
-from hessinv import _oneshot, _pipeline
+from hessinv import _oneshot, _pipeline, _stage
 
 
 def _oneshot_ihvp(layers, params, z0, g, damping, chunk, curvature="hessian", keep_pivot=False):
@@ -75,3 +75,26 @@ def test_info_matches_factorization(chunk=3):
         assert int(got.worst_layer) == int(want.worst_layer)
         assert int(got.first_nonfinite_layer) == int(want.first_nonfinite_layer) == -1
         np.testing.assert_allclose(float(got.min_rcond), float(want.min_rcond), rtol=1e-6, atol=1e-15)
+
+
+@pytest.mark.parametrize("curvature, damping", [("hessian", 0.0), ("hessian", 0.3), ("ggn", 0.1)])
+def test_recomputed_forward_matches_dense(deep, monkeypatch, curvature, damping):
+    """Large layers (``_oneshot._recompute``) skip the kept closed-loop map and redo
+    ``A_l dz + B_l dx`` as a jvp in the forward pass. Lowering the size threshold sends every
+    layer of the test pipelines that way: the frozen first layer, the Stack (in chunks), a
+    parameter-free loss, pytree activations with integer labels."""
+    monkeypatch.setattr(_stage, "MIN_STRUCTURED", 1)
+    if curvature == "hessian":
+        layers, params, z0, H = deep
+    else:
+        layers, params, z0 = stacked(depth=9, w=3, B=6)
+        layers = list(layers[:-1]) + [_head_logits, _xent]
+        params = list(params[:-1]) + [params[-1], {}]
+        H = np.asarray(ref_ggn(layers, params, z0))
+    pipe = _pipeline.build(layers, params, z0)
+    assert all(_oneshot._recompute(seg) for seg in pipe.segments)
+    g = like(params, seed=6)
+    _, x, _ = _oneshot_ihvp(layers, params, z0, g, damping, 3, curvature=curvature)
+    A = H + damping * np.eye(len(H))
+    assert np.linalg.cond(A) < 1e5
+    assert rel_err(flat(x), np.linalg.solve(A, flat(g))) < 1e-10

@@ -88,6 +88,7 @@ def test_structured_product_equals_dense_product():
     S = jax.random.normal(k[2], (e * w, e * w))
     S = S + S.T
     K = jax.random.normal(k[3], (e * w + p, e * w + p))
+    K = K + K.T  # a Hessian block: symmetric (Q_parts reads its lower blocks only)
     got = _stage.Q(S, M, K, e * w, blocks, jnp.array(True))
     want = K + M.T @ S @ M
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
