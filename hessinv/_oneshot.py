@@ -8,7 +8,7 @@ factorisation needs them (``matvec``, ``logdet``, many solves). A single solve d
   ``A, B, K`` (vmapped), then runs the factorisation step *and* the backward solve step of
   MATH.md section 3 layer by layer, and keeps only what the forward pass needs
   (``A_l − B_l G_l``, ``B_l k_l``, ``G_l``, ``k_l``; for a large layer only ``G_l``, ``k_l``,
-  see :func:`_recompute`);
+  see :func:`hessinv._stage.is_large`);
 * the forward pass is the same closed-loop scan as :meth:`Factorization.solve_rows` (for a large
   layer, ``dz_l = A_l dz_{l-1} + B_l dx_l`` is a jvp of the layer instead).
 
@@ -46,23 +46,12 @@ def chunk_size(seg, dtype) -> int:
 class _Out(NamedTuple):
     """Per layer (stacked over a segment): what the forward pass needs, and health flags."""
 
-    A_cl: jax.Array  # (a_out, a_in)  A_l − B_l G_l ((0, 0) for a large layer: see _recompute)
+    A_cl: jax.Array  # (a_out, a_in)  A_l − B_l G_l ((0, 0) for a large layer: _stage.is_large)
     Bk: jax.Array  # (a_out,)  B_l k_l ((0,) for a large layer)
     G: jax.Array  # (p, a_in)
     k: jax.Array  # (p,)
     Q_uu: jax.Array  # (p, p) the pivot, kept only for diagnostics (else (0, 0))
     finite_AB: jax.Array  # () bool: A_l and B_l finite
-
-
-def _recompute(seg) -> bool:
-    """Does the forward pass of segment ``seg`` recompute ``dz_l = A_l dz_{l-1} + B_l dx_l`` as a
-    jvp of the layer, instead of keeping the closed-loop map ``A_l − B_l G_l``? For a large layer
-    (``a_out · a_in`` at least :data:`hessinv._stage.MIN_STRUCTURED`) the jvp is a layer's forward
-    pass, while the kept map is a dense ``a_out × a_in`` matrix per layer: forming it is a GEMM,
-    and allocating and writing it (2 MB a layer for a batch-64 width-8 MLP) cost more than the
-    whole recursion step. Small layers keep the map: one matrix-vector product a step is the
-    cheapest forward pass there is."""
-    return seg.a_out * max(seg.a_in, 1) >= _stage.MIN_STRUCTURED
 
 
 def _layer_jvp(seg, zin, row, dz, dx, dt):
@@ -116,7 +105,7 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
         diag, is_block = _stage.diagonal_blocks(seg, A)
         (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g, diag, is_block), n, reverse=True)
         finite_AB = jnp.all(jnp.isfinite(M), axis=(1, 2))
-        if _recompute(seg):
+        if _stage.is_large(seg):
             empty = jnp.zeros((n, 0), dt)
             out = _Out(empty[:, :, None], empty, G, k, Q_uu, finite_AB)
         else:
@@ -170,7 +159,7 @@ def solve(pipe, params, z0, g_rows, damping, curvature: str, *, keep_pivot: bool
         dx, lo = [], 0
         for o in pieces:
             n = o.k.shape[0]
-            if _recompute(seg):
+            if _stage.is_large(seg):
 
                 def fwd(dz, xs, seg=seg):
                     zin, row, G, k = xs

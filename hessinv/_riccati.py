@@ -41,8 +41,10 @@ class StageFactors(NamedTuple):
     piv: jax.Array  # (n, p) LAPACK-style row pivots (for the determinant's sign)
     perm: jax.Array  # (n, p) the same row permutation as an index vector (for solves)
     G: jax.Array  # (n, p, a_in) the gains
-    S: jax.Array  # (n, a_out, a_out) the S_l each stage was built from
-    A_cl: jax.Array  # (n, a_out, a_in) closed-loop maps A_l − B_l G_l
+    S: jax.Array  # (n, a_out, a_out) the S_l each stage was built from ((n, 0, 0) if large)
+    A_cl: jax.Array  # (n, a_out, a_in) closed-loop maps A_l − B_l G_l ((n, 0, 0) if large)
+    A_blocks: jax.Array  # (n, examples, w_out, w_in) A_l's diagonal blocks if large and batched, else (n, 0, 0, 0)
+    A_is_block: jax.Array  # (n,) bool: A_l is exactly block-diagonal (see _stage.diagonal_blocks)
 
 
 class Info(NamedTuple):
@@ -113,6 +115,13 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     batched over the segment outside the loop."""
     p, a_in, dt = seg.p, seg.a_in, blk.A.dtype
     eye = jnp.eye(p, dtype=dt)
+    # A large layer keeps neither S_l nor A_l − B_l G_l (a_out² and a_out·a_in per layer): its
+    # solves use A_l and B_l from the blocks instead (see _stage.is_large).
+    large = _stage.is_large(seg)
+
+    def kept(S):
+        return jnp.zeros((0, 0), dt) if large else S
+
     M = jnp.concatenate([blk.A, blk.B], axis=2)  # (n, a_out, a_in + p)
     diag, is_block = _stage.diagonal_blocks(seg, blk.A)
 
@@ -122,17 +131,22 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
         Q_zz = Q[:a_in, :a_in]
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
             empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
-            return _sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), S)
+            return _sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), kept(S))
         Q_uu = _sym(Q[a_in:, a_in:]) + lam * eye
         Q_uz = Q[a_in:, :a_in]
         lu, piv, G = pivot_solve(Q_uu, Q_uz)
-        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, S)
+        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, kept(S))
 
     xs = (M, blk.K, diag, is_block)
     S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, xs, seg.n, reverse=True, unroll=unroll)
     perm = jax.lax.linalg.lu_pivots_to_permutation(piv, p) if p else jnp.zeros(piv.shape, jnp.int32)
-    A_cl = blk.A - blk.B @ G  # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
-    return S, StageFactors(Q_uu, lu, piv, perm, G, S_l, A_cl)
+    # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
+    A_cl = jnp.zeros((seg.n, 0, 0), dt) if large else blk.A - blk.B @ G
+    if large and diag is not None:  # kept for the solves' products with A_l
+        A_blocks, A_is_block = diag, is_block
+    else:
+        A_blocks, A_is_block = jnp.zeros((seg.n, 0, 0, 0), dt), jnp.zeros((seg.n,), bool)
+    return S, StageFactors(Q_uu, lu, piv, perm, G, S_l, A_cl, A_blocks, A_is_block)
 
 
 @functools.partial(jax.jit, static_argnames=("unroll",))
@@ -157,7 +171,8 @@ class Factorization:
     Attributes:
       blocks: the λ-independent :class:`~hessinv.Blocks` (``A_l, B_l, b_l, K_l``).
       damping: ``λ``.
-      stages: per segment, :class:`StageFactors` (pivots ``Q_uu``, their LU, gains ``G_l``, ``S_l``).
+      stages: per segment, :class:`StageFactors` (pivots ``Q_uu``, their LU, gains ``G_l``, ``S_l``;
+        a large layer keeps ``A_l``'s diagonal blocks instead of ``S_l``: see ``_stage.is_large``).
     """
 
     def __init__(self, blocks, damping, stages):
@@ -201,15 +216,29 @@ class Factorization:
         In closed-loop form the two sequential passes are one matrix-vector product per layer:
         backward ``s_{l-1} = (A_l − B_l G_l)ᵀ s_l + G_lᵀ g_l``, forward
         ``dz_l = (A_l − B_l G_l) dz_{l-1} − B_l k_l``; the pivot solves
-        ``k_l = Q_uu^{-1}(B_lᵀ s_l − g_l)`` and ``dx_l = −(G_l dz_{l-1} + k_l)`` are batched."""
+        ``k_l = Q_uu^{-1}(B_lᵀ s_l − g_l)`` and ``dx_l = −(G_l dz_{l-1} + k_l)`` are batched.
+        A large layer (no closed-loop map kept) takes ``A_l`` and ``B_l`` separately instead."""
         pipe, dt = self.pipe, self.pipe.dtype
         segs = pipe.segments
         ks = [None] * len(segs)
         s = jnp.zeros((1,), dt)  # s_L = 0
         for j in range(len(segs) - 1, -1, -1):
             blk, st, g = self.blocks.segments[j], self.stages[j], g_rows[j].astype(dt)
-            Gtg = jnp.einsum("npa,np->na", st.G, g)
-            s, s_l = _pipeline.scan(lambda s, xs: (xs[0].T @ s + xs[1], s), s, (st.A_cl, Gtg), segs[j].n, reverse=True)
+            if _stage.is_large(segs[j]):
+                structured = st.A_blocks.shape[1] > 0
+
+                def back(s, xs, structured=structured):
+                    A, blocks, is_block, B, G, g = xs
+                    Ats = _stage.matvec(A, blocks if structured else None, is_block, s, transpose=True)
+                    return Ats - G.T @ (B.T @ s - g), s
+
+                xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, g)
+                s, s_l = _pipeline.scan(back, s, xs, segs[j].n, reverse=True)
+            else:
+                Gtg = jnp.einsum("npa,np->na", st.G, g)
+                s, s_l = _pipeline.scan(
+                    lambda s, xs: (xs[0].T @ s + xs[1], s), s, (st.A_cl, Gtg), segs[j].n, reverse=True
+                )
             if segs[j].p == 0:
                 ks[j] = jnp.zeros((segs[j].n, 0), dt)
             else:
@@ -220,6 +249,18 @@ class Factorization:
         dz = jnp.zeros((0,), dt)  # dz_0 = 0
         for j, seg in enumerate(segs):
             blk, st = self.blocks.segments[j], self.stages[j]
+            if _stage.is_large(seg):
+                structured = st.A_blocks.shape[1] > 0
+
+                def fwd(dz, xs, structured=structured):
+                    A, blocks, is_block, B, G, k = xs
+                    dx = -(G @ dz + k)
+                    return _stage.matvec(A, blocks if structured else None, is_block, dz) + B @ dx, dx
+
+                xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, ks[j])
+                dz, dx = _pipeline.scan(fwd, dz, xs, seg.n)
+                out.append(dx)
+                continue
             Bk = jnp.einsum("nap,np->na", blk.B, ks[j])
             dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (st.A_cl, Bk), seg.n)
             out.append(-(jnp.einsum("npa,na->np", st.G, dz_in) + ks[j]))

@@ -27,6 +27,16 @@ from . import _pipeline
 MIN_STRUCTURED = 128 * 128
 
 
+def is_large(seg: _pipeline.Segment) -> bool:
+    """Is a layer of segment ``seg`` large (``a_out · a_in ≥`` :data:`MIN_STRUCTURED`)? Then the
+    solves redo ``dz_l = A_l dz_{l-1} + B_l dx_l`` from the layer (one-pass ``ihvp``: a jvp) or
+    from its blocks (:class:`~hessinv.Factorization`), instead of keeping the dense closed-loop
+    map ``A_l − B_l G_l``: forming, allocating and writing that ``a_out × a_in`` matrix per layer
+    (2 MB a layer for a batch-64 width-8 MLP) cost more than the recursion step itself. Small
+    layers keep it: one matrix-vector product a step is the cheapest pass there is."""
+    return seg.a_out * max(seg.a_in, 1) >= MIN_STRUCTURED
+
+
 def batch_blocks(seg: _pipeline.Segment):
     """``(n_examples, w_out, w_in)`` if segment ``seg``'s ``A_l`` may be block-diagonal over a
     leading batch axis, else ``None``: one floating leaf in and out, with the same leading length
@@ -91,3 +101,22 @@ def Q_parts(S, M, K, a_in: int, blocks=None, is_block=None):
     else:
         parts = jax.lax.cond(is_block, structured, dense, S, M, blocks)
     return parts if K is None else tuple(q + k for q, k in zip(parts, split(K)))
+
+
+def matvec(A, blocks, is_block, x, transpose: bool = False):
+    """``A x`` (or ``Aᵀ x``) for one layer's ``A`` ``(a_out, a_in)``: from its diagonal ``blocks``
+    ``(n_examples, w_out, w_in)`` when ``is_block`` (reading ``a·w`` numbers instead of ``a²``),
+    else dense. ``blocks=None``: dense."""
+
+    def dense(A, blocks, x):
+        return A.T @ x if transpose else A @ x
+
+    def structured(A, blocks, x):
+        e = blocks.shape[0]
+        if transpose:
+            return jnp.einsum("ewv,ew->ev", blocks, x.reshape(e, -1)).reshape(-1)
+        return jnp.einsum("ewv,ev->ew", blocks, x.reshape(e, -1)).reshape(-1)
+
+    if blocks is None:
+        return dense(A, None, x)
+    return jax.lax.cond(is_block, structured, dense, A, blocks, x)

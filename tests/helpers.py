@@ -27,6 +27,22 @@ def residual(z, x):
     return {"h": z["h"] + jnp.sin(z["h"] @ x["W"] + x["c"]), "y": z["y"]}
 
 
+def logits_layer(z, x):
+    return {"h": z["h"] @ x["W"] + x["c"], "y": z["y"]}
+
+
+def xent_loss(z, x):
+    """Cross-entropy as its own parameter-free layer (what ``curvature="ggn"`` needs)."""
+    logp = jax.nn.log_softmax(z["h"])
+    return -logp[jnp.arange(z["y"].shape[0]), z["y"]].mean()
+
+
+def separate_loss(layers, params):
+    """Replace a pipeline's ``xent_head`` by ``logits_layer`` and a parameter-free ``xent_loss``
+    (same head parameters, no weight decay)."""
+    return list(layers[:-1]) + [logits_layer, xent_loss], list(params) + [{}]
+
+
 def xent_head(z, x):
     """Cross-entropy on integer labels carried in z0, plus weight decay so H is nonsingular
     (softmax is invariant to shifting all logits, which makes the undecayed head singular)."""

@@ -4,7 +4,7 @@ included, against the dense reference and against factorize + solve."""
 import jax
 import numpy as np
 import pytest
-from helpers import flat, like, ref_ggn, ref_hessian, rel_err, stacked
+from helpers import flat, like, ref_ggn, ref_hessian, rel_err, separate_loss, stacked
 
 import hessinv
 from hessinv import _oneshot, _pipeline, _stage
@@ -45,22 +45,12 @@ def test_chunked_solve_matches_dense(deep, chunk, damping):
 
 @pytest.mark.parametrize("chunk", [3, 64])
 def test_chunked_ggn_matches_factorize(chunk):
-    layers, params, z0 = stacked(depth=9, w=3, B=6)  # the GGN needs a parameter-free loss layer:
-    layers = list(layers[:-1]) + [_head_logits, _xent]
-    params = list(params[:-1]) + [params[-1], {}]
+    layers, params, z0 = stacked(depth=9, w=3, B=6)
+    layers, params = separate_loss(layers, params)  # the GGN needs a parameter-free loss layer
     g = like(params, seed=5)
     _, x, _ = _oneshot_ihvp(layers, params, z0, g, 0.1, chunk, curvature="ggn")
     ref = hessinv.factorize(layers, params, z0, damping=0.1, curvature="ggn").solve(g)
     assert rel_err(flat(x), flat(ref)) < 1e-10
-
-
-def _head_logits(z, x):
-    return {"h": z["h"] @ x["W"] + x["c"], "y": z["y"]}
-
-
-def _xent(z, x):
-    logp = jax.nn.log_softmax(z["h"])
-    return -logp[np.arange(z["y"].shape[0]), z["y"]].mean()
 
 
 def test_info_matches_factorization(chunk=3):
@@ -79,7 +69,7 @@ def test_info_matches_factorization(chunk=3):
 
 @pytest.mark.parametrize("curvature, damping", [("hessian", 0.0), ("hessian", 0.3), ("ggn", 0.1)])
 def test_recomputed_forward_matches_dense(deep, monkeypatch, curvature, damping):
-    """Large layers (``_oneshot._recompute``) skip the kept closed-loop map and redo
+    """Large layers (``_stage.is_large``) skip the kept closed-loop map and redo
     ``A_l dz + B_l dx`` as a jvp in the forward pass. Lowering the size threshold sends every
     layer of the test pipelines that way: the frozen first layer, the Stack (in chunks), a
     parameter-free loss, pytree activations with integer labels."""
@@ -88,11 +78,10 @@ def test_recomputed_forward_matches_dense(deep, monkeypatch, curvature, damping)
         layers, params, z0, H = deep
     else:
         layers, params, z0 = stacked(depth=9, w=3, B=6)
-        layers = list(layers[:-1]) + [_head_logits, _xent]
-        params = list(params[:-1]) + [params[-1], {}]
+        layers, params = separate_loss(layers, params)
         H = np.asarray(ref_ggn(layers, params, z0))
     pipe = _pipeline.build(layers, params, z0)
-    assert all(_oneshot._recompute(seg) for seg in pipe.segments)
+    assert all(_stage.is_large(seg) for seg in pipe.segments)
     g = like(params, seed=6)
     _, x, _ = _oneshot_ihvp(layers, params, z0, g, damping, 3, curvature=curvature)
     A = H + damping * np.eye(len(H))

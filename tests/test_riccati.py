@@ -114,13 +114,11 @@ def test_grad_through_ihvp_wrt_g():
 def test_grad_through_ihvp_wrt_params(curvature):
     """Implicit differentiation: ∇_θ cᵀ(C(θ) + λI)^{-1} g goes through the matrix-vector product
     (third derivatives of the loss), against autodiff of the dense solve."""
-    from helpers import mlp, ref_ggn, ref_hessian
-    from test_oneshot import _head_logits, _xent
+    from helpers import mlp, ref_ggn, ref_hessian, separate_loss
 
     layers, params, z0 = mlp()
     if curvature == "ggn":  # the GGN needs the loss as its own parameter-free layer
-        layers = list(layers[:-1]) + [_head_logits, _xent]
-        params = list(params) + [{}]
+        layers, params = separate_loss(layers, params)
     g, c = like(params, seed=3), flat(like(params, seed=7))
 
     def ours(p):

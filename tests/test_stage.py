@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import flat, like, ref_hessian, rel_err, residual, stacked
+from helpers import flat, like, ref_ggn, ref_hessian, rel_err, residual, separate_loss, stacked
 
 import hessinv
 from hessinv import _pipeline, _stage
@@ -92,3 +92,37 @@ def test_structured_product_equals_dense_product():
     got = _stage.Q(S, M, K, e * w, blocks, jnp.array(True))
     want = K + M.T @ S @ M
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def every_layer_large(monkeypatch):
+    """Lower the size threshold so that every layer takes the large-layer paths. Compiled
+    functions traced either way are dropped before and after, so no cached trace leaks across."""
+    jax.clear_caches()
+    monkeypatch.setattr(_stage, "MIN_STRUCTURED", 1)
+    yield
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("curvature, damping", [("hessian", 0.05), ("ggn", 0.1)])
+def test_factorization_of_large_layers_matches_dense(every_layer_large, curvature, damping):
+    """A large layer's stage keeps neither ``S_l`` nor ``A_l − B_l G_l``; ``F.solve`` then uses
+    ``A_l`` (block by block where it is block-diagonal) and ``B_l``. Every layer of the pipeline
+    that way: the frozen first layer, the Stack, the head, a parameter-free loss."""
+    layers, params, z0 = stacked(depth=5, w=3, B=8)
+    if curvature == "ggn":
+        layers, params = separate_loss(layers, params)
+        C = np.asarray(ref_ggn(layers, params, z0))
+    else:
+        C = np.asarray(ref_hessian(layers, params, z0))
+    A = C + damping * np.eye(len(C))
+    assert np.linalg.cond(A) < 1e5
+    F = hessinv.factorize(layers, params, z0, damping=damping, curvature=curvature)
+    assert all(st.A_cl.shape[1:] == (0, 0) and st.S.shape[1:] == (0, 0) for st in F.stages)
+    assert F.stages[1].A_blocks.shape[1:] == (8, 3, 3) and bool(F.stages[1].A_is_block.all())
+    g = like(params, seed=7)
+    assert rel_err(flat(F.solve(g)), np.linalg.solve(A, flat(g))) < 1e-10
+    sign, logabs = F.logdet()
+    s_ref, l_ref = np.linalg.slogdet(A)
+    assert float(sign) == s_ref and abs(float(logabs) - l_ref) < 1e-9 * max(1.0, abs(l_ref))
