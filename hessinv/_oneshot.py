@@ -106,8 +106,7 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
         (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g, diag, is_block), n, reverse=True)
         finite_AB = jnp.all(jnp.isfinite(M), axis=(1, 2))
         if _stage.is_large(seg):
-            empty = jnp.zeros((n, 0), dt)
-            out = _Out(empty[:, :, None], empty, G, k, Q_uu, finite_AB)
+            out = _Out(jnp.zeros((n, 0, 0), dt), jnp.zeros((n, 0), dt), G, k, Q_uu, finite_AB)
         else:
             out = _Out(A - B @ G, jnp.einsum("nap,np->na", B, k), G, k, Q_uu, finite_AB)
         return (S, s, b), out

@@ -109,8 +109,8 @@ def pivot_solve(Q, X):
 def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     """Backward recursion through one segment; returns S before it and its StageFactors.
 
-    Only the ``S`` recursion is sequential. Each step forms all of ``Q = K + Mᵀ S M`` with
-    ``M = [A_l B_l]`` (``Q_zz``, ``Q_uz``, ``Q_uu`` are its blocks; see :mod:`hessinv._stage`
+    Only the ``S`` recursion is sequential. Each step forms the blocks ``Q_zz``, ``Q_uz``,
+    ``Q_uu`` of ``Q = K + Mᵀ S M`` with ``M = [A_l B_l]`` (see :mod:`hessinv._stage`
     for batch-block-diagonal ``A_l``), factorises the pivot and updates ``S``; everything else is
     batched over the segment outside the loop."""
     p, a_in, dt = seg.p, seg.a_in, blk.A.dtype
@@ -127,13 +127,11 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
 
     def step(S, xs):
         M, K, diag, is_block = xs
-        Q = _stage.Q(S, M, K, a_in, diag, is_block)
-        Q_zz = Q[:a_in, :a_in]
+        Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a_in, diag, is_block)
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
             empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
             return _sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), kept(S))
-        Q_uu = _sym(Q[a_in:, a_in:]) + lam * eye
-        Q_uz = Q[a_in:, :a_in]
+        Q_uu = _sym(Q_uu) + lam * eye
         lu, piv, G = pivot_solve(Q_uu, Q_uz)
         return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, kept(S))
 

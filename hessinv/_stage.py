@@ -68,17 +68,12 @@ def diagonal_blocks(seg: _pipeline.Segment, A):
     return diag, jnp.all(jnp.where(off, A4, 0) == 0, axis=(1, 2, 3, 4))
 
 
-def Q(S, M, K, a_in: int, blocks=None, is_block=None):
-    """``K + Mᵀ S M``: dense, or (when ``is_block``) with ``A = M[:, :a_in]`` applied block by
-    block from its diagonal ``blocks`` ``(n_examples, w_out, w_in)``. ``K=None`` means zero."""
-    Q_zz, Q_uz, Q_uu = Q_parts(S, M, K, a_in, blocks, is_block)
-    return jnp.block([[Q_zz, Q_uz.T], [Q_uz, Q_uu]])
-
-
 def Q_parts(S, M, K, a_in: int, blocks=None, is_block=None):
-    """The blocks ``(Q_zz, Q_uz, Q_uu)`` of :func:`Q`, without assembling ``Q``: the recursion
-    uses them separately, and assembling a large ``Q`` is a copy that costs as much as the
-    structured products themselves."""
+    """The blocks ``(Q_zz, Q_uz, Q_uu)`` of ``Q = K + Mᵀ S M``: dense, or (when ``is_block``)
+    with ``A = M[:, :a_in]`` applied block by block from its diagonal ``blocks``
+    ``(n_examples, w_out, w_in)``. ``K=None`` means zero; of a (symmetric) ``K`` only the lower
+    blocks are read. ``Q`` itself is never assembled: the recursion uses its blocks separately,
+    and assembling a large ``Q`` is a copy that costs as much as the structured products."""
 
     def split(Q):
         return Q[:a_in, :a_in], Q[a_in:, :a_in], Q[a_in:, a_in:]

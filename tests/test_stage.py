@@ -79,7 +79,7 @@ def test_ihvp_factorize_logdet_inertia_match_dense(case, damping, request):
 
 
 def test_structured_product_equals_dense_product():
-    """The two branches of _stage.Q on one random stage, directly."""
+    """The two branches of _stage.Q_parts on one random stage, directly."""
     e, w, p = 8, 3, 5
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     blocks = jax.random.normal(k[0], (e, w, w))
@@ -89,9 +89,13 @@ def test_structured_product_equals_dense_product():
     S = S + S.T
     K = jax.random.normal(k[3], (e * w + p, e * w + p))
     K = K + K.T  # a Hessian block: symmetric (Q_parts reads its lower blocks only)
-    got = _stage.Q(S, M, K, e * w, blocks, jnp.array(True))
     want = K + M.T @ S @ M
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    a = e * w
+    for is_block in (True, False):  # the structured branch, and the dense one it falls back to
+        Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a, blocks, jnp.array(is_block))
+        np.testing.assert_allclose(Q_zz, want[:a, :a], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Q_uz, want[a:, :a], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Q_uu, want[a:, a:], rtol=1e-12, atol=1e-12)
 
 
 @pytest.fixture
