@@ -229,7 +229,10 @@ def run_seed(args, seed, dt, targets):
         for lr in lrs:
             r = run(layers, params, batch, make(lr), **fo)
             grid[lr] = dict(
-                final_loss=r["final_loss"], time_to_target=r["time_to_target"], steps=r["steps"], to_targets=r["to_targets"]
+                final_loss=r["final_loss"],
+                time_to_target=r["time_to_target"],
+                steps=r["steps"],
+                to_targets=r["to_targets"],
             )
             print(_summary(f"  {name} lr={lr:g}", r), flush=True)
             if best is None or _better(r, best[1]):
@@ -290,7 +293,9 @@ def _summary_table(summary, targets, n):
             if not c["reached"]:
                 cells.append(f"{'0/' + str(n):>26s}")
             else:
-                cells.append(f"{c['reached']}/{n} {c['median_time']:.2f}s ({c['min_time']:.2f}-{c['max_time']:.2f})".rjust(26))
+                cells.append(
+                    f"{c['reached']}/{n} {c['median_time']:.2f}s ({c['min_time']:.2f}-{c['max_time']:.2f})".rjust(26)
+                )
         lines.append(f"{name:22s}" + "".join(cells))
     return "\n".join(lines)
 
