@@ -16,7 +16,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _pipeline
 
@@ -29,14 +28,19 @@ def pearlmutter_hvp(layers, params, z0, v):
 
 def ggn_vp(layers, params, z0, v):
     """``G v = Jᵀ ∇²ℓ J v`` (MATH.md section 5): ``J`` the Jacobian of the last layer's input
-    in the parameters, ``ℓ`` the parameter-free last layer. One jvp, one hvp of ``ℓ``, one vjp.
+    in the parameters, ``ℓ`` the parameter-free last layer. One linearised forward pass (its jvp
+    and, transposed, its vjp) and one hvp of ``ℓ``.
     Integer leaves of the last layer's input (labels) are carried constants."""
     body = list(layers[:-1])
 
-    def features(p):
-        return _pipeline.loss(body, p, z0)  # every layer but the last
+    def features(p):  # the float leaves of the last layer's input, and that input itself
+        z = _pipeline.loss(body, p, z0)  # every layer but the last
+        return [x for x in jax.tree.leaves(z) if jnp.issubdtype(x.dtype, jnp.inexact)], z
 
-    z, vjp = jax.vjp(features, list(params[:-1]))
+    # One forward pass, linearised: its jvp gives J v and its transpose the vjp.
+    p_body = list(params[:-1])
+    fl, jvp, z = jax.linearize(features, p_body, has_aux=True)
+    vjp = jax.linear_transpose(jvp, p_body)
     leaves, treedef = jax.tree.flatten(z)
     is_f = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
 
@@ -45,11 +49,8 @@ def ggn_vp(layers, params, z0, v):
         zz = jax.tree.unflatten(treedef, [next(it) if f else x for x, f in zip(leaves, is_f)])
         return _pipeline.loss(layers[-1:], params[-1:], zz)
 
-    Jv = jax.tree.leaves(jax.jvp(features, (list(params[:-1]),), (list(v[:-1]),))[1])
-    fl = [x for x, f in zip(leaves, is_f) if f]
-    HJv = iter(jax.jvp(jax.grad(ell), (fl,), ([t for t, f in zip(Jv, is_f) if f],))[1])
-    ct = [next(HJv) if f else np.zeros(x.shape, jax.dtypes.float0) for x, f in zip(leaves, is_f)]
-    return vjp(jax.tree.unflatten(treedef, ct))[0] + [jax.tree.map(jnp.zeros_like, v[-1])]
+    HJv = jax.jvp(jax.grad(ell), (fl,), (jvp(list(v[:-1])),))[1]
+    return vjp(HJv)[0] + [jax.tree.map(jnp.zeros_like, v[-1])]
 
 
 def structured_hvp_rows(blocks, v_rows, damping=0.0):

@@ -176,6 +176,12 @@ def solve(pipe, params, z0, g_rows, damping, curvature: str, *, keep_pivot: bool
     return x_rows, outs
 
 
+def pivots(pipe, outs) -> list:
+    """The stage pivots ``Q_uu,l`` kept by a :func:`solve` with ``keep_pivot=True``: one
+    ``(n, p, p)`` stack per piece of every segment with ``p > 0`` (not concatenated)."""
+    return [o.Q_uu for seg, pieces in zip(pipe.segments, outs) if seg.p > 0 for o in pieces]
+
+
 def info(pipe, outs) -> Info:
     """Pivot health of a :func:`solve` run with ``keep_pivot=True``: the same :class:`Info` as
     :meth:`Factorization.info` (``K_l`` is not kept; a non-finite ``K_l`` shows in the pivot and

@@ -320,7 +320,7 @@ def scale_by_newton(
             # the recursion, never all kept), about half the time of blocks + factorize + solve.
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
             d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
-            pivots = [o.Q_uu for seg, pieces in zip(pipe.segments, outs) if seg.p > 0 for o in pieces]
+            pivots = _oneshot.pivots(pipe, outs)
             iters, found = jnp.ones((), jnp.int32), jnp.array(True)
 
         pd, min_rcond = _cholesky_health(pivots)

@@ -43,8 +43,8 @@ class StageFactors(NamedTuple):
     G: jax.Array  # (n, p, a_in) the gains
     S: jax.Array  # (n, a_out, a_out) the S_l each stage was built from ((n, 0, 0) if large)
     A_cl: jax.Array  # (n, a_out, a_in) closed-loop maps A_l − B_l G_l ((n, 0, 0) if large)
-    A_blocks: jax.Array  # (n, examples, w_out, w_in) A_l's diagonal blocks if large and batched, else (n, 0, 0, 0)
-    A_is_block: jax.Array  # (n,) bool: A_l is exactly block-diagonal (see _stage.diagonal_blocks)
+    A_blocks: jax.Array | None  # (n, examples, w_out, w_in) A_l's diagonal blocks (large, batched layers)
+    A_is_block: jax.Array | None  # (n,) bool: A_l is exactly block-diagonal (see _stage.diagonal_blocks)
 
 
 class Info(NamedTuple):
@@ -140,10 +140,8 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     perm = jax.lax.linalg.lu_pivots_to_permutation(piv, p) if p else jnp.zeros(piv.shape, jnp.int32)
     # the closed-loop maps dz_l = (A_l − B_l G_l) dz_{l-1} + ...
     A_cl = jnp.zeros((seg.n, 0, 0), dt) if large else blk.A - blk.B @ G
-    if large and diag is not None:  # kept for the solves' products with A_l
-        A_blocks, A_is_block = diag, is_block
-    else:
-        A_blocks, A_is_block = jnp.zeros((seg.n, 0, 0, 0), dt), jnp.zeros((seg.n,), bool)
+    # A large layer's solves apply A_l block by block where that is exact (None: dense, or small).
+    A_blocks, A_is_block = (diag, is_block) if large else (None, None)
     return S, StageFactors(Q_uu, lu, piv, perm, G, S_l, A_cl, A_blocks, A_is_block)
 
 
@@ -223,11 +221,10 @@ class Factorization:
         for j in range(len(segs) - 1, -1, -1):
             blk, st, g = self.blocks.segments[j], self.stages[j], g_rows[j].astype(dt)
             if _stage.is_large(segs[j]):
-                structured = st.A_blocks.shape[1] > 0
 
-                def back(s, xs, structured=structured):
+                def back(s, xs):
                     A, blocks, is_block, B, G, g = xs
-                    Ats = _stage.matvec(A, blocks if structured else None, is_block, s, transpose=True)
+                    Ats = _stage.matvec(A, blocks, is_block, s, transpose=True)
                     return Ats - G.T @ (B.T @ s - g), s
 
                 xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, g)
@@ -248,12 +245,11 @@ class Factorization:
         for j, seg in enumerate(segs):
             blk, st = self.blocks.segments[j], self.stages[j]
             if _stage.is_large(seg):
-                structured = st.A_blocks.shape[1] > 0
 
-                def fwd(dz, xs, structured=structured):
+                def fwd(dz, xs):
                     A, blocks, is_block, B, G, k = xs
                     dx = -(G @ dz + k)
-                    return _stage.matvec(A, blocks if structured else None, is_block, dz) + B @ dx, dx
+                    return _stage.matvec(A, blocks, is_block, dz) + B @ dx, dx
 
                 xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, ks[j])
                 dz, dx = _pipeline.scan(fwd, dz, xs, seg.n)
