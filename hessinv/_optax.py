@@ -17,7 +17,12 @@ update is exactly zero. The damping ``λ`` then adapts:
 
 * ``damping="lm"`` (Levenberg-Marquardt; Moré 1978): ``λ`` grows by ``increase_factor`` when
   the step is rejected or ``ρ < 0.25``, and shrinks by ``decrease_factor`` when ``ρ > 0.75`` and
-  the model is convex, within ``[min_damping, max_damping]``. Convexity, ``C + λI ≻ 0``, is read
+  the model is convex, within ``[min_damping, max_damping]``. With the probe (``probe_factor``,
+  on by default), the first rejection of a streak, of a step whose model was convex, does not
+  end the update: the same update tries ``λ · probe_factor``, and ``λ`` rises only if that step is rejected too. Classic LM
+  assumes the model fits better as ``λ`` grows; a Gauss-Newton model can miss strong positive
+  curvature along the gradient, which a large-``λ`` step follows, and then the ratio is worst at
+  intermediate ``λ`` and classic LM stalls there. Convexity, ``C + λI ≻ 0``, is read
   off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with ``T`` unit block-triangular,
   so by Sylvester's law of inertia it holds iff every pivot has a Cholesky factor.
 * ``damping="trust_region"`` (Moré & Sorensen 1983): ``λ ≥ min_damping`` is chosen so that
@@ -65,7 +70,8 @@ class NewtonInfo(NamedTuple):
         with ``inertia=True``, else the Cholesky estimate ``(min L_ii / max L_ii)²`` (0 when
         not positive definite).
       ok: finite, with every pivot's ``min_rcond`` above ``max(p_l)·eps``.
-      iterations: factorisations done this step (more than one only for the trust region).
+      iterations: factorisations done this step: 2 when LM probed a smaller damping, up to
+        ``tr_max_iters`` for the trust region, else 1.
     """
 
     loss: jax.Array
@@ -82,6 +88,22 @@ class NewtonInfo(NamedTuple):
     iterations: jax.Array
 
 
+class _Trial(NamedTuple):
+    """One trial step ``d`` at damping ``λ``, judged against the quadratic model."""
+
+    damping: jax.Array
+    d: list
+    trial_loss: jax.Array
+    predicted_decrease: jax.Array
+    ratio: jax.Array
+    accepted: jax.Array
+    step_norm: jax.Array
+    positive_definite: jax.Array
+    n_neg: jax.Array
+    min_rcond: jax.Array
+    ok: jax.Array
+
+
 class ScaleByNewtonState(NamedTuple):
     """State of :func:`scale_by_newton`.
 
@@ -89,12 +111,14 @@ class ScaleByNewtonState(NamedTuple):
       count: number of updates so far (accepted or not), int32.
       damping: the ``λ`` the next step starts from.
       radius: the trust radius (``inf`` unless ``damping="trust_region"``).
+      rejections: consecutive rejected updates up to now (0 after an accepted one), int32.
       info: :class:`NewtonInfo` of the last step.
     """
 
     count: jax.Array
     damping: jax.Array
     radius: jax.Array
+    rejections: jax.Array
     info: NewtonInfo
 
 
@@ -174,6 +198,7 @@ def scale_by_newton(
     max_damping: float = 1e10,
     increase_factor: float = 4.0,
     decrease_factor: float = 1.0 / 3.0,
+    probe_factor: float | None = 1e-3,
     accept_ratio: float = 1e-4,
     init_radius: float = 1.0,
     max_radius: float = 1e6,
@@ -204,6 +229,9 @@ def scale_by_newton(
       min_damping, max_damping: bounds on ``λ`` (``min_damping`` defaults to ``1e-9`` for
         ``"lm"`` and ``0`` for ``"trust_region"``).
       increase_factor, decrease_factor: LM's multipliers of ``λ`` on failure / success.
+      probe_factor: LM only. When a step at ``λ`` is rejected, its model was convex, and the
+        previous update was not rejected, the same update tries ``λ · probe_factor`` before giving up (a second factorisation); ``λ``
+        rises only if that fails too. ``None`` gives the classic rule. See the module docstring.
       accept_ratio: the smallest actual/predicted decrease ratio accepted.
       init_radius, max_radius: the trust radius (``"trust_region"`` only).
       tr_rtol: accept ``‖d‖ ∈ [(1 − tr_rtol) Δ, Δ]`` as "on the boundary".
@@ -249,6 +277,8 @@ def scale_by_newton(
         raise ValueError(f"increase_factor must be > 1, got {increase_factor}")
     if not 0 < decrease_factor < 1:
         raise ValueError(f"decrease_factor must be in (0, 1), got {decrease_factor}")
+    if probe_factor is not None and not 0 < probe_factor < 1:
+        raise ValueError(f"probe_factor must be in (0, 1) or None, got {probe_factor}")
     if not 0 <= accept_ratio < 0.25:
         raise ValueError(f"accept_ratio must be in [0, 0.25), got {accept_ratio}")
     _check_positive("init_radius", init_radius)
@@ -280,7 +310,8 @@ def scale_by_newton(
             ok=jnp.array(False),
             iterations=jnp.zeros((), jnp.int32),
         )
-        return ScaleByNewtonState(jnp.zeros((), jnp.int32), jnp.asarray(lam0, dt), jnp.asarray(radius, dt), info)
+        zero_i = jnp.zeros((), jnp.int32)
+        return ScaleByNewtonState(zero_i, jnp.asarray(lam0, dt), jnp.asarray(radius, dt), zero_i, info)
 
     def update_fn(updates, state, params=None, *, z0=None, **extra_args):
         del extra_args  # optax convention: unknown extra arguments are ignored
@@ -316,48 +347,77 @@ def scale_by_newton(
                 [(seg.n, seg.p, seg.p) for seg in pipe.segments if seg.p > 0],
             )
         else:
+            blk = None
+
+        loss0 = _pipeline.loss(layers, params, z0).astype(dt)
+
+        def judge(lam, d, pivots, found):
+            """Health of the pivots, the model's predicted decrease and the trial loss of step ``d``."""
+            pd, min_rcond = _cholesky_health(pivots)
+            if inertia:
+                n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
+            else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
+                n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
+                ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
+            # The quadratic model at s = -d, with the undamped curvature C.
+            if blk is not None:
+                Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
+            else:  # Pearlmutter's hvp, or the GGN's Jᵀ ∇²ℓ J d: a few gradients' worth
+                vp = _hvp.ggn_vp if curvature == "ggn" else _hvp.pearlmutter_hvp
+                Cd = _pipeline.to_rows(pipe, vp(layers, list(params), z0, _pipeline.from_rows(pipe, d)))
+            pred = _dot(g, d) - 0.5 * _dot(d, Cd)
+            step = _pipeline.from_rows(pipe, d)
+            trial = [jax.tree.map(lambda x, s: x - s.astype(x.dtype), x, s) for x, s in zip(params, step)]
+            loss1 = _pipeline.loss(layers, trial, z0).astype(dt)
+            actual = loss0 - loss1
+            ratio = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1), -jnp.inf)
+            finite = _all_finite(d) & jnp.isfinite(loss1) & jnp.isfinite(pred)
+            accepted = found & finite & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
+            return _Trial(lam, d, loss1, pred, ratio, accepted, jnp.sqrt(_dot(d, d)), pd, n_neg, min_rcond, ok)
+
+        if mode == "trust_region":
+            t = judge(lam, d, pivots, found)
+        else:
             # One damping per step: the one-pass solve (blocks computed chunk by chunk inside
             # the recursion, never all kept), about half the time of blocks + factorize + solve.
+            def attempt(lam):
+                d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
+                return judge(lam, d, _oneshot.pivots(pipe, outs), jnp.array(True))
+
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
-            pivots = _oneshot.pivots(pipe, outs)
-            iters, found = jnp.ones((), jnp.int32), jnp.array(True)
+            t = attempt(lam)
+            iters = jnp.ones((), jnp.int32)
+            if mode == "lm" and probe_factor is not None:
+                # The probe: when the first rejection of a streak happens at λ, try λ·probe_factor
+                # in the same update before raising λ. LM assumes a larger λ gives a more
+                # trustworthy step; with a Gauss-Newton model that misses strong positive
+                # curvature along the gradient (which a large-λ step follows), the ratio is worst
+                # at intermediate λ and λ gets stuck there (docs/optax.md, "The probe").
+                # Only from a convex model: a Newton model that is indefinite at λ is more so below it.
+                probe = ~t.accepted & t.positive_definite & (state.rejections == 0)
+                t = jax.lax.cond(probe, lambda: attempt(jnp.maximum(lam * probe_factor, min_damping)), lambda: t)
+                iters = iters + probe.astype(jnp.int32)
 
-        pd, min_rcond = _cholesky_health(pivots)
-        if inertia:
-            n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
-        else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
-            n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
-            ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
-
-        # The quadratic model at s = -d, with the undamped curvature C.
-        if mode == "trust_region":
-            Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
-        else:  # Pearlmutter's hvp, or the GGN's Jᵀ ∇²ℓ J d: a few gradients' worth
-            vp = _hvp.ggn_vp if curvature == "ggn" else _hvp.pearlmutter_hvp
-            Cd = _pipeline.to_rows(pipe, vp(layers, list(params), z0, _pipeline.from_rows(pipe, d)))
-        pred = _dot(g, d) - 0.5 * _dot(d, Cd)
-        step = _pipeline.from_rows(pipe, d)
-        trial = [jax.tree.map(lambda x, s: x - s.astype(x.dtype), x, s) for x, s in zip(params, step)]
-        loss0 = _pipeline.loss(layers, params, z0).astype(dt)
-        loss1 = _pipeline.loss(layers, trial, z0).astype(dt)
-        actual = loss0 - loss1
-        ratio = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1), -jnp.inf)
-        finite = _all_finite(d) & jnp.isfinite(loss1) & jnp.isfinite(pred)
-        accepted = found & finite & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
-        step_norm = jnp.sqrt(_dot(d, d))
+        accepted, ratio, pd = t.accepted, t.ratio, t.positive_definite
+        step = _pipeline.from_rows(pipe, t.d)
 
         # A step of a nonconvex model (C + λI indefinite) may still be taken if it decreases the
         # loss as predicted, but it never lets λ fall: the model is not trusted until convex.
         good, bad = accepted & (ratio > 0.75) & pd, ~accepted | (ratio < 0.25)
         if mode == "lm":
-            lam_next = jnp.where(good, lam * decrease_factor, jnp.where(bad, lam * increase_factor, lam))
+            # Rejected (after the probe, if one was made): λ rises from the λ the step started
+            # from. Accepted: the ratio rule, from the λ of the step that was taken.
+            lam_next = jnp.where(
+                ~accepted,
+                lam * increase_factor,
+                jnp.where(good, t.damping * decrease_factor, jnp.where(bad, t.damping * increase_factor, t.damping)),
+            )
             lam_next = jnp.clip(lam_next, min_damping, max_damping)
             radius_next = state.radius
         elif mode == "trust_region":
             radius = state.radius.astype(dt)
-            shrunk = 0.25 * jnp.where(found & jnp.isfinite(step_norm), jnp.minimum(step_norm, radius), radius)
-            grown = jnp.where(step_norm >= (1 - tr_rtol) * radius, jnp.minimum(2 * radius, max_radius), radius)
+            shrunk = 0.25 * jnp.where(found & jnp.isfinite(t.step_norm), jnp.minimum(t.step_norm, radius), radius)
+            grown = jnp.where(t.step_norm >= (1 - tr_rtol) * radius, jnp.minimum(2 * radius, max_radius), radius)
             radius_next = jnp.where(bad, shrunk, jnp.where(good, grown, radius))
             lam_next = jnp.clip(lam, min_damping, max_damping)
         else:
@@ -367,22 +427,23 @@ def scale_by_newton(
         out = jax.tree.unflatten(jax.tree.structure(updates), jax.tree.leaves(out))
         new_info = NewtonInfo(
             loss=loss0.astype(sdt),
-            trial_loss=loss1.astype(sdt),
-            predicted_decrease=pred.astype(sdt),
+            trial_loss=t.trial_loss.astype(sdt),
+            predicted_decrease=t.predicted_decrease.astype(sdt),
             ratio=ratio.astype(sdt),
             accepted=accepted,
-            damping=lam.astype(sdt),
-            step_norm=step_norm.astype(sdt),
+            damping=t.damping.astype(sdt),
+            step_norm=t.step_norm.astype(sdt),
             positive_definite=jnp.asarray(pd, bool),
-            n_neg=jnp.asarray(n_neg, jnp.int32),
-            min_rcond=jnp.asarray(min_rcond).astype(sdt),
-            ok=jnp.asarray(ok, bool),
+            n_neg=jnp.asarray(t.n_neg, jnp.int32),
+            min_rcond=jnp.asarray(t.min_rcond).astype(sdt),
+            ok=jnp.asarray(t.ok, bool),
             iterations=jnp.asarray(iters, jnp.int32),
         )
         new_state = ScaleByNewtonState(
             count=optax.safe_int32_increment(state.count),
             damping=jnp.asarray(lam_next).astype(sdt),
             radius=jnp.asarray(radius_next).astype(sdt),
+            rejections=jnp.where(accepted, 0, state.rejections + 1).astype(jnp.int32),
             info=new_info,
         )
         return out, new_state

@@ -171,6 +171,13 @@ def _flat(tree):
     return ravel_pytree(list(tree) if isinstance(tree, (list, tuple)) else tree)[0]
 
 
+def _step_with(layers, params, g, z0, **kwargs):
+    """One update, from a fresh state, of ``newton(layers, **kwargs)`` given the gradient ``g``."""
+    _, update = _opt(layers, **kwargs)
+    updates, state = update(g, _init(layers, params, **kwargs), params, z0=z0)
+    return optax.apply_updates(params, updates), updates, state
+
+
 def _step(layers, params, state, z0, **kwargs):
     """One step of the (cached, jitted) ``newton(layers, **kwargs)``."""
     _, update = _opt(layers, **kwargs)
@@ -327,7 +334,62 @@ def test_lm_rejected_step_leaves_params_unchanged_and_raises_damping():
     assert not bool(s.info.accepted) and float(s.info.trial_loss) > float(s.info.loss)
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
     np.testing.assert_array_equal(_flat(new), _flat(params))
-    assert float(s.info.damping) == 0.5 and float(s.damping) == pytest.approx(2.0)
+    # The probe tried 0.5 · probe_factor in the same update, was rejected too, and λ rose from 0.5.
+    assert int(s.info.iterations) == 2 and float(s.info.damping) == pytest.approx(0.5e-3)
+    assert float(s.damping) == pytest.approx(2.0) and int(s.rejections) == 1
+    # Within a streak of rejections there is no probe: one factorisation, and λ rises again.
+    updates, state = update(g, state, params, z0=z0)
+    s = _ns(state)
+    assert not bool(s.info.accepted) and all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+    assert int(s.info.iterations) == 1 and float(s.info.damping) == pytest.approx(2.0)
+    assert float(s.damping) == pytest.approx(8.0) and int(s.rejections) == 2
+
+
+def test_lm_probe_takes_the_smaller_damping_when_the_larger_one_fails():
+    # On a strictly convex quadratic with minimiser x*, start at x0 = x* + H^{-1}(v_min + v_max)
+    # (so the gradient is v_min + v_max: eigenvectors of the smallest and largest eigenvalue)
+    # and pass the perturbed gradient g~ = v_min - 2 v_max. Along g~ (a large-λ step) the loss
+    # rises; along (H + λI)^{-1} g~ with small λ it falls: the ratio is not monotone in λ,
+    # which is the case the probe is for. Everything is checked against dense linear algebra.
+    layers, params, z0 = quadratic_problem(0)
+    H = np.asarray(_hessian(layers, params, z0))
+    x, unravel = ravel_pytree(params)
+    _, V = np.linalg.eigh(H)
+    v_min, v_max = V[:, 0], V[:, -1]
+    x0 = (
+        np.asarray(x)
+        - np.linalg.solve(H, np.asarray(_flat(_grad(layers, params, z0))))
+        + np.linalg.solve(H, v_min + v_max)
+    )
+    params0 = unravel(jnp.asarray(x0))
+    np.testing.assert_allclose(_flat(_grad(layers, params0, z0)), v_min + v_max, atol=1e-12)
+    g_flat = v_min - 2 * v_max
+    g = unravel(jnp.asarray(g_flat))
+
+    def dense_ratio(lam):
+        d = np.linalg.solve(H + lam * np.eye(len(x0)), g_flat)
+        return d, ((v_min + v_max) @ d - 0.5 * d @ H @ d) / (g_flat @ d - 0.5 * d @ H @ d)
+
+    lam0, factor = 10.0, 1e-3
+    assert dense_ratio(lam0)[1] < 0 < dense_ratio(lam0 * factor)[1]  # the premise, densely
+    # Classic LM (no probe) rejects the step and raises λ ...
+    kw = dict(damping="lm", init_damping=lam0, probe_factor=None)
+    new, _, state = _step_with(layers, params0, g, z0, **kw)
+    s = _ns(state)
+    assert not bool(s.info.accepted) and int(s.info.iterations) == 1
+    np.testing.assert_array_equal(_flat(new), _flat(params0))
+    assert float(s.damping) == pytest.approx(4 * lam0)
+    # ... the probe takes the step at λ0 · probe_factor, the dense (H + λI)^{-1} g~, in one update.
+    kw = dict(damping="lm", init_damping=lam0, probe_factor=factor)
+    new, updates, state = _step_with(layers, params0, g, z0, **kw)
+    s = _ns(state)
+    d_ref, rho = dense_ratio(lam0 * factor)
+    assert bool(s.info.accepted) and int(s.info.iterations) == 2 and int(s.rejections) == 0
+    assert float(s.info.damping) == pytest.approx(lam0 * factor)
+    np.testing.assert_allclose(-_flat(updates), d_ref, rtol=1e-10, atol=1e-12)
+    assert float(s.info.ratio) == pytest.approx(rho, rel=1e-8)
+    assert float(_loss(layers, new, z0)) < float(_loss(layers, params0, z0))
+    assert 0.25 <= rho <= 0.75 and float(s.damping) == pytest.approx(lam0 * factor)  # ratio rule, from the probe's λ
 
 
 def test_lm_damping_falls_on_success():
