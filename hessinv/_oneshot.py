@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _blocks, _pipeline, _stage
-from ._riccati import Info, _sym, make_info, pivot_solve
+from ._riccati import Info, _sym, make_info, pivot_solve, schur_update
 
 #: Bytes of blocks per chunk, and the most layers in one: small enough for a chunk's blocks to
 #: stay in the cache, large enough for the vmapped block computations to be efficient (the
@@ -80,7 +80,7 @@ def _step(seg, lam, with_K, keep_pivot):
         q_u = Ms[a_in:] - g
         _, _, Gk = pivot_solve(Q_uu, jnp.concatenate([Q_uz, q_u[:, None]], axis=1))  # one LU for G and k
         G, k = Gk[:, :a_in], Gk[:, a_in]
-        S_prev = _sym(Q_zz - Q_uz.T @ G)
+        S_prev = schur_update(Q_zz, Q_uz, G, _stage.is_large(seg))
         s_prev = Ms[:a_in] - G.T @ q_u
         return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), Q_uu.dtype))
 

@@ -76,6 +76,23 @@ def _sym(M):
     return 0.5 * (M + M.T)
 
 
+def schur_update(Q_zz, Q_uz, G, large: bool):
+    """``S_{l-1} = Q_zz − Q_uzᵀ G`` (``G = Q_uu^{-1} Q_uz``), symmetrised.
+
+    ``Q_uzᵀ Q_uu^{-1} Q_uz`` is symmetric, but its computed value is not: the solve amplifies
+    rounding by up to ``cond(Q_uu)``, and an unsymmetric ``S`` feeds that error into every stage
+    below (MATH.md section 6). A small layer symmetrises the whole update. A large one
+    (:func:`hessinv._stage.is_large`) symmetrises only that term, with a second product,
+    ``½ (Q_uzᵀ G + Gᵀ Q_uz)``: XLA's CPU backend fuses the transpose of an ``a × a`` matrix without
+    tiling it, and on the benchmark MLP (``a = 512``) that pass cost 1-2 ms a layer, more than the
+    extra ``a² p`` product (for small layers it is the other way round). ``Q_zz = A_lᵀ S_l A_l + K_zz``
+    is then left as computed: its asymmetry is rounding of products with a symmetric ``S_l``, not
+    amplified by a solve."""
+    if large:
+        return Q_zz - 0.5 * (Q_uz.T @ G + G.T @ Q_uz)
+    return _sym(Q_zz - Q_uz.T @ G)
+
+
 def _lu_solve(lu, perm, b, trans: bool = False):
     """Solve ``Q x = b`` (or ``Qᵀ x = b``) with an LU factorisation ``Q[perm] = L U`` given as the
     permutation ``perm``, not LAPACK's pivots: converting those to a permutation is a
@@ -133,7 +150,7 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
             return _sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), kept(S))
         Q_uu = _sym(Q_uu) + lam * eye
         lu, piv, G = pivot_solve(Q_uu, Q_uz)
-        return _sym(Q_zz - Q_uz.T @ G), (Q_uu, lu, piv, G, kept(S))
+        return schur_update(Q_zz, Q_uz, G, large), (Q_uu, lu, piv, G, kept(S))
 
     xs = (M, blk.K, diag, is_block)
     S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, xs, seg.n, reverse=True, unroll=unroll)
