@@ -18,8 +18,10 @@ update is exactly zero. The damping ``λ`` then adapts:
 * ``damping="lm"`` (Levenberg-Marquardt; Moré 1978): ``λ`` grows by ``increase_factor`` when
   the step is rejected or ``ρ < 0.25``, and shrinks by ``decrease_factor`` when ``ρ > 0.75`` and
   the model is convex, within ``[min_damping, max_damping]``. With the probe (``probe_factor``,
-  on by default), the first rejection of a streak, of a step whose model was convex, does not
-  end the update: the same update tries ``λ · probe_factor``, and ``λ`` rises only if that step is rejected too. Classic LM
+  on by default), where classic LM would raise ``λ`` after a step from a convex model (a
+  rejection or ``ρ < 0.25``) and the previous update was not rejected, the same update also
+  tries ``λ · probe_factor`` and keeps the better accepted step (lower trial loss); the rule
+  above then applies to the step kept, and a rejection raises ``λ`` from where it was. Classic LM
   assumes the model fits better as ``λ`` grows; a Gauss-Newton model can miss strong positive
   curvature along the gradient, which a large-``λ`` step follows, and then the ratio is worst at
   intermediate ``λ`` and classic LM stalls there. Convexity, ``C + λI ≻ 0``, is read
@@ -229,9 +231,10 @@ def scale_by_newton(
       min_damping, max_damping: bounds on ``λ`` (``min_damping`` defaults to ``1e-9`` for
         ``"lm"`` and ``0`` for ``"trust_region"``).
       increase_factor, decrease_factor: LM's multipliers of ``λ`` on failure / success.
-      probe_factor: LM only. When a step at ``λ`` is rejected, its model was convex, and the
-        previous update was not rejected, the same update tries ``λ · probe_factor`` before giving up (a second factorisation); ``λ``
-        rises only if that fails too. ``None`` gives the classic rule. See the module docstring.
+      probe_factor: LM only. When a step at ``λ`` is rejected or has ``ρ < 0.25``, its model was
+        convex, and the previous update was not rejected, the same update also tries
+        ``λ · probe_factor`` (a second factorisation) and keeps the better accepted step; ``λ``
+        rises only if both fail. ``None`` gives the classic rule. See the module docstring.
       accept_ratio: the smallest actual/predicted decrease ratio accepted.
       init_radius, max_radius: the trust radius (``"trust_region"`` only).
       tr_rtol: accept ``‖d‖ ∈ [(1 − tr_rtol) Δ, Δ]`` as "on the boundary".
@@ -388,14 +391,22 @@ def scale_by_newton(
             t = attempt(lam)
             iters = jnp.ones((), jnp.int32)
             if mode == "lm" and probe_factor is not None:
-                # The probe: when the first rejection of a streak happens at λ, try λ·probe_factor
-                # in the same update before raising λ. LM assumes a larger λ gives a more
-                # trustworthy step; with a Gauss-Newton model that misses strong positive
-                # curvature along the gradient (which a large-λ step follows), the ratio is worst
-                # at intermediate λ and λ gets stuck there (docs/optax.md, "The probe").
-                # Only from a convex model: a Newton model that is indefinite at λ is more so below it.
-                probe = ~t.accepted & t.positive_definite & (state.rejections == 0)
-                t = jax.lax.cond(probe, lambda: attempt(jnp.maximum(lam * probe_factor, min_damping)), lambda: t)
+                # The probe: wherever classic LM would raise λ (a rejection, or ρ < 0.25) from a
+                # convex model, and the previous update was not rejected, the same update also
+                # tries λ·probe_factor and keeps the better accepted step. LM assumes a larger λ
+                # gives a more trustworthy step; a Gauss-Newton model that misses strong positive
+                # curvature along the gradient (which a large-λ step follows) makes the ratio
+                # worst at intermediate λ, and λ gets stuck there (docs/optax.md, "The probe").
+                # Only from a convex model: a Newton model indefinite at λ is more so below it.
+                probe = (~t.accepted | (t.ratio < 0.25)) & t.positive_definite & (state.rejections == 0)
+
+                def probed(first):
+                    second = attempt(jnp.maximum(lam * probe_factor, min_damping))
+                    # the second step if it is accepted and better, or if neither is accepted
+                    take = ~first.accepted | (second.accepted & (second.trial_loss < first.trial_loss))
+                    return jax.tree.map(lambda b, a: jnp.where(take, b, a), second, first)
+
+                t = jax.lax.cond(probe, probed, lambda first: first, t)
                 iters = iters + probe.astype(jnp.int32)
 
         accepted, ratio, pd = t.accepted, t.ratio, t.positive_definite

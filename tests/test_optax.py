@@ -345,12 +345,21 @@ def test_lm_rejected_step_leaves_params_unchanged_and_raises_damping():
     assert float(s.damping) == pytest.approx(8.0) and int(s.rejections) == 2
 
 
-def test_lm_probe_takes_the_smaller_damping_when_the_larger_one_fails():
-    # On a strictly convex quadratic with minimiser x*, start at x0 = x* + H^{-1}(v_min + v_max)
-    # (so the gradient is v_min + v_max: eigenvectors of the smallest and largest eigenvalue)
-    # and pass the perturbed gradient g~ = v_min - 2 v_max. Along g~ (a large-λ step) the loss
-    # rises; along (H + λI)^{-1} g~ with small λ it falls: the ratio is not monotone in λ,
-    # which is the case the probe is for. Everything is checked against dense linear algebra.
+# (a, b, λ0, λ0's step, which step the update keeps): the perturbed gradient is a·v_min + b·v_max.
+PROBE_CASES = [
+    (1.0, -2.0, 10.0, "rejected", "probe"),  # loss rises along g~, falls along (H + small λ)^{-1} g~
+    (1.0, -2.0, 0.3, "poor", "probe"),  # accepted with ρ < 0.25; the probe's step is better
+    (-1.0, 2.0, 100.0, "poor", "first"),  # accepted with ρ < 0.25; the probe's step is rejected
+]
+
+
+@pytest.mark.parametrize("a, b, lam0, first, kept", PROBE_CASES)
+def test_lm_probe_tries_a_smaller_damping_where_lm_would_raise_it(a, b, lam0, first, kept):
+    # On a strictly convex quadratic with minimiser x*, start at x0 = x* + H^{-1}(v_min + v_max),
+    # where the gradient is v_min + v_max (eigenvectors of the smallest and largest eigenvalue),
+    # and pass the perturbed gradient g~ = a v_min + b v_max. Then the ratio of actual to predicted
+    # decrease is not monotone in λ (for a = 1, b = -2 it is negative at λ = 10 and 0.45 at
+    # λ = 0.01), which is the case the probe is for. Everything is checked densely.
     layers, params, z0 = quadratic_problem(0)
     H = np.asarray(_hessian(layers, params, z0))
     x, unravel = ravel_pytree(params)
@@ -363,33 +372,42 @@ def test_lm_probe_takes_the_smaller_damping_when_the_larger_one_fails():
     )
     params0 = unravel(jnp.asarray(x0))
     np.testing.assert_allclose(_flat(_grad(layers, params0, z0)), v_min + v_max, atol=1e-12)
-    g_flat = v_min - 2 * v_max
+    g_flat = a * v_min + b * v_max
     g = unravel(jnp.asarray(g_flat))
+    loss0 = float(_loss(layers, params0, z0))
 
-    def dense_ratio(lam):
+    def dense(lam):  # the step, its ratio and the loss change, densely
         d = np.linalg.solve(H + lam * np.eye(len(x0)), g_flat)
-        return d, ((v_min + v_max) @ d - 0.5 * d @ H @ d) / (g_flat @ d - 0.5 * d @ H @ d)
+        pred = g_flat @ d - 0.5 * d @ H @ d
+        change = float(_loss(layers, unravel(jnp.asarray(x0 - d)), z0)) - loss0
+        return d, -change / pred, change
 
-    lam0, factor = 10.0, 1e-3
-    assert dense_ratio(lam0)[1] < 0 < dense_ratio(lam0 * factor)[1]  # the premise, densely
-    # Classic LM (no probe) rejects the step and raises λ ...
+    factor = 1e-3
+    lam_p = lam0 * factor
+    _, rho0, change0 = dense(lam0)
+    d_p, rho_p, change_p = dense(lam_p)
+    # The premises, densely.
+    assert (rho0 < 0) if first == "rejected" else (0 < rho0 < 0.25)
+    assert (0 < rho_p and change_p < change0) if kept == "probe" else rho_p < 0
+    # Classic LM (no probe): one factorisation; λ rises, and a rejected step is not applied.
     kw = dict(damping="lm", init_damping=lam0, probe_factor=None)
     new, _, state = _step_with(layers, params0, g, z0, **kw)
     s = _ns(state)
-    assert not bool(s.info.accepted) and int(s.info.iterations) == 1
-    np.testing.assert_array_equal(_flat(new), _flat(params0))
-    assert float(s.damping) == pytest.approx(4 * lam0)
-    # ... the probe takes the step at λ0 · probe_factor, the dense (H + λI)^{-1} g~, in one update.
+    assert int(s.info.iterations) == 1 and float(s.damping) == pytest.approx(4 * lam0)
+    assert bool(s.info.accepted) == (first == "poor")
+    # With the probe: two factorisations in the same update, and the better step is kept.
     kw = dict(damping="lm", init_damping=lam0, probe_factor=factor)
     new, updates, state = _step_with(layers, params0, g, z0, **kw)
     s = _ns(state)
-    d_ref, rho = dense_ratio(lam0 * factor)
     assert bool(s.info.accepted) and int(s.info.iterations) == 2 and int(s.rejections) == 0
-    assert float(s.info.damping) == pytest.approx(lam0 * factor)
-    np.testing.assert_allclose(-_flat(updates), d_ref, rtol=1e-10, atol=1e-12)
-    assert float(s.info.ratio) == pytest.approx(rho, rel=1e-8)
-    assert float(_loss(layers, new, z0)) < float(_loss(layers, params0, z0))
-    assert 0.25 <= rho <= 0.75 and float(s.damping) == pytest.approx(lam0 * factor)  # ratio rule, from the probe's λ
+    lam_kept = lam_p if kept == "probe" else lam0
+    d_ref, rho_ref, change_ref = dense(lam_kept)
+    assert float(s.info.damping) == pytest.approx(lam_kept)
+    np.testing.assert_allclose(-_flat(updates), d_ref, rtol=1e-9, atol=1e-12)
+    assert float(s.info.ratio) == pytest.approx(rho_ref, rel=1e-8)
+    assert float(_loss(layers, new, z0)) - loss0 == pytest.approx(change_ref, rel=1e-8) and change_ref < 0
+    # The ratio rule, applied to the step kept: the probe's ρ = 0.45 keeps λ; a poor ρ raises it.
+    assert float(s.damping) == pytest.approx(lam_kept if 0.25 <= rho_ref <= 0.75 else 4 * lam_kept)
 
 
 def test_lm_damping_falls_on_success():
