@@ -259,6 +259,11 @@ def run_seed(args, seed, dt, targets):
     return results, n_params
 
 
+def _to_targets(r):
+    """A run's step and time to each target: for a tuned method, its grid's best rate per target."""
+    return r.get("best_to_targets", r["to_targets"])
+
+
 def _summarise(results, targets):
     """Across seeds, per method and target: how many seeds reached it, and the median / min /
     max time and steps of those that did (Adam, SGD: each seed's best rate for that target)."""
@@ -269,7 +274,7 @@ def _summarise(results, targets):
             hits = []
             for per_seed in results.values():
                 r = per_seed[name]
-                h = r.get("best_to_targets", r["to_targets"])[f"{t:g}"]
+                h = _to_targets(r)[f"{t:g}"]
                 if h is not None:
                     hits.append(h)
             times = [h["time"] for h in hits]
@@ -301,7 +306,7 @@ def _head_to_head(results, targets, against="adam"):
                 if t == "acc1":
                     tm, ta = r["time_to_acc1"], a["time_to_acc1"]
                 else:
-                    h, ha = r.get("best_to_targets", r["to_targets"])[t], a["best_to_targets"][t]
+                    h, ha = _to_targets(r)[t], _to_targets(a)[t]
                     tm, ta = (h and h["time"]), (ha and ha["time"])
                 wins += tm is not None and (ta is None or tm < ta)
             out[name][t] = wins
@@ -356,10 +361,11 @@ def main():
             "gauss_newton_lmclassic",
             "gauss_newton_tr",
         ],
-        help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping (lm, tr)",
+        help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping "
+        "(lm; lmclassic = LM without the probe; tr = trust region)",
     )
     ap.add_argument(
-        "--init-damping", type=float, default=0.01, help="LM's initial λ (1 and 0.01 tried; see docs/optax.md)"
+        "--init-damping", type=float, default=0.01, help="LM's initial λ (1e-3 to 1 tried; see docs/optax.md)"
     )
     ap.add_argument("--init-radius", type=float, default=1.0, help="the trust region's initial radius")
     ap.add_argument(
@@ -424,7 +430,7 @@ def _table(results, targets):
     lines = ["time to training loss (steps; lr for the tuned first-order methods):"]
     lines.append(f"{'method':22s}" + "".join(f"{t:>24g}" for t in targets))
     for name, r in results.items():
-        row = r.get("best_to_targets", r["to_targets"])
+        row = _to_targets(r)
         cells = []
         for t in targets:
             h = row.get(f"{t:g}")

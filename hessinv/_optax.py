@@ -91,10 +91,11 @@ class NewtonInfo(NamedTuple):
 
 
 class _Trial(NamedTuple):
-    """One trial step ``d`` at damping ``λ``, judged against the quadratic model."""
+    """One trial step ``d`` at damping ``λ`` (kept as ``step``, shaped like the params), judged
+    against the quadratic model."""
 
     damping: jax.Array
-    d: list
+    step: list
     trial_loss: jax.Array
     predicted_decrease: jax.Array
     ratio: jax.Array
@@ -376,7 +377,7 @@ def scale_by_newton(
             ratio = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1), -jnp.inf)
             finite = _all_finite(d) & jnp.isfinite(loss1) & jnp.isfinite(pred)
             accepted = found & finite & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
-            return _Trial(lam, d, loss1, pred, ratio, accepted, jnp.sqrt(_dot(d, d)), pd, n_neg, min_rcond, ok)
+            return _Trial(lam, step, loss1, pred, ratio, accepted, jnp.sqrt(_dot(d, d)), pd, n_neg, min_rcond, ok)
 
         if mode == "trust_region":
             t = judge(lam, d, pivots, found)
@@ -410,7 +411,6 @@ def scale_by_newton(
                 iters = iters + probe.astype(jnp.int32)
 
         accepted, ratio, pd = t.accepted, t.ratio, t.positive_definite
-        step = _pipeline.from_rows(pipe, t.d)
 
         # A step of a nonconvex model (C + λI indefinite) may still be taken if it decreases the
         # loss as predicted, but it never lets λ fall: the model is not trusted until convex.
@@ -434,7 +434,9 @@ def scale_by_newton(
         else:
             lam_next, radius_next = lam, state.radius
 
-        out = jax.tree.map(lambda s, u: jnp.where(accepted, s, jnp.zeros_like(s)).astype(u.dtype), step, list(updates))
+        out = jax.tree.map(
+            lambda s, u: jnp.where(accepted, s, jnp.zeros_like(s)).astype(u.dtype), t.step, list(updates)
+        )
         out = jax.tree.unflatten(jax.tree.structure(updates), jax.tree.leaves(out))
         new_info = NewtonInfo(
             loss=loss0.astype(sdt),

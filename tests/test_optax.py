@@ -171,17 +171,11 @@ def _flat(tree):
     return ravel_pytree(list(tree) if isinstance(tree, (list, tuple)) else tree)[0]
 
 
-def _step_with(layers, params, g, z0, **kwargs):
-    """One update, from a fresh state, of ``newton(layers, **kwargs)`` given the gradient ``g``."""
+def _step(layers, params, state, z0, *, g=None, **kwargs):
+    """One step of the (cached, jitted) ``newton(layers, **kwargs)``, given the gradient ``g``
+    (default: the true one at ``params``)."""
     _, update = _opt(layers, **kwargs)
-    updates, state = update(g, _init(layers, params, **kwargs), params, z0=z0)
-    return optax.apply_updates(params, updates), updates, state
-
-
-def _step(layers, params, state, z0, **kwargs):
-    """One step of the (cached, jitted) ``newton(layers, **kwargs)``."""
-    _, update = _opt(layers, **kwargs)
-    updates, state = update(_grad(layers, params, z0), state, params, z0=z0)
+    updates, state = update(_grad(layers, params, z0) if g is None else g, state, params, z0=z0)
     return optax.apply_updates(params, updates), updates, state
 
 
@@ -391,13 +385,13 @@ def test_lm_probe_tries_a_smaller_damping_where_lm_would_raise_it(a, b, lam0, fi
     assert (0 < rho_p and change_p < change0) if kept == "probe" else rho_p < 0
     # Classic LM (no probe): one factorisation; λ rises, and a rejected step is not applied.
     kw = dict(damping="lm", init_damping=lam0, probe_factor=None)
-    new, _, state = _step_with(layers, params0, g, z0, **kw)
+    new, _, state = _step(layers, params0, _init(layers, params0, **kw), z0, g=g, **kw)
     s = _ns(state)
     assert int(s.info.iterations) == 1 and float(s.damping) == pytest.approx(4 * lam0)
     assert bool(s.info.accepted) == (first == "poor")
     # With the probe: two factorisations in the same update, and the better step is kept.
     kw = dict(damping="lm", init_damping=lam0, probe_factor=factor)
-    new, updates, state = _step_with(layers, params0, g, z0, **kw)
+    new, updates, state = _step(layers, params0, _init(layers, params0, **kw), z0, g=g, **kw)
     s = _ns(state)
     assert bool(s.info.accepted) and int(s.info.iterations) == 2 and int(s.rejections) == 0
     lam_kept = lam_p if kept == "probe" else lam0
