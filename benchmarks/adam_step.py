@@ -64,7 +64,7 @@ def main():
             return optax.apply_updates(p, u), s, value
 
         def fused(p, s, b, step=step):
-            (p, s), values = jax.lax.scan(lambda c, _: (step(*c, b)[:2], None), (p, s), None, length=FUSED)
+            (p, s), _ = jax.lax.scan(lambda c, _: (step(*c, b)[:2], None), (p, s), None, length=FUSED)
             return p, s
 
         one = jax.jit(step)

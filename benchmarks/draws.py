@@ -2,8 +2,8 @@
 
 Training a deep narrow tanh net is chaotic: moving a few pixels of the float32 batch by one ulp
 (a relative change of 6e-8) sends a run somewhere else after a few dozen steps. The GPU run of
-``newton_vs_adam`` met exactly that (its machine's numpy standardised the digits with other last
-bits), and its seeds behaved differently from the CPU's. So five seeds are five draws from a
+``newton_vs_adam`` most likely met exactly that (its machine's batch differed in the last bits:
+the loss at step 0 differed in the 9th digit), and its seeds behaved differently from the CPU's. So five seeds are five draws from a
 distribution; this script samples more of it: for each seed, the unperturbed batch and
 ``--perturbations`` copies in which each pixel is moved one float32 ulp up or down with
 probability ``--flip``. Every method runs on every draw from the seed's initial parameters, and

@@ -49,12 +49,11 @@ def load_batch(n: int, seed: int = 0):
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
-    # Standardise per pixel from exact integer sums (the pixels are integers 0..16), so that the
-    # float32 batch is bit-identical on every machine: with X.mean(0) / X.std(0) the last bits
-    # depend on how numpy sums (its build, the processor's vector instructions): the batch on
-    # the GPU machine most likely differed by float32 ulps, enough to send some seeds' training
-    # runs elsewhere (they are chaotic). On this project's CPU the result equals the old one bit
-    # for bit, so the recorded CPU runs stand.
+    # Standardise per pixel from exact integer sums (the pixels are integers 0..16), so the
+    # float32 batch is the same on every machine. The last bits of X.mean(0) / X.std(0) depend on
+    # how numpy sums; the GPU machine's batch most likely differed by float32 ulps, and the
+    # training runs are chaotic enough for that to matter. On this project's CPU the result
+    # equals the old one bit for bit, so the recorded CPU runs stand.
     Xi, m = X.astype(np.int64), len(y)
     s1, s2 = Xi.sum(0), (Xi * Xi).sum(0)
     mean, std = s1 / m, np.sqrt((m * s2 - s1 * s1) / (m * m))
@@ -265,7 +264,8 @@ def run_seed(args, seed, dt, targets):
                 r["best_to_targets"][t] = None
         # 100% batch accuracy too: the rate fastest to the loss target need not be fastest there.
         hits = [(g["acc1"]["time"], x) for x, g in grid.items() if g["acc1"] is not None]
-        r["best_to_targets"]["acc1"] = dict(grid[min(hits)[1]]["acc1"], learning_rate=min(hits)[1]) if hits else None
+        x = min(hits)[1] if hits else None
+        r["best_to_targets"]["acc1"] = None if x is None else dict(grid[x]["acc1"], learning_rate=x)
         results[name] = r
         print(_summary(f"{name} (best lr {lr:g})", r), flush=True)
 
