@@ -3,8 +3,8 @@
 Training a deep narrow tanh net is chaotic: moving a few pixels of the float32 batch by one ulp
 (a relative change of 6e-8) sends a run somewhere else after a few dozen steps. The GPU run of
 ``newton_vs_adam`` most likely met exactly that (its machine's batch differed in the last bits:
-the loss at step 0 differed in the 9th digit), and its seeds behaved differently from the CPU's. So five seeds are five draws from a
-distribution; this script samples more of it: for each seed, the unperturbed batch and
+the loss at step 0 differed in the 9th digit), and its seeds behaved differently from the CPU's.
+So five seeds are five draws from a distribution; this script samples more of it: for each seed, the unperturbed batch and
 ``--perturbations`` copies in which each pixel is moved one float32 ulp up or down with
 probability ``--flip``. Every method runs on every draw from the seed's initial parameters, and
 the steps to each target are recorded (steps, not seconds: multiply by a step's cost on a
@@ -35,7 +35,7 @@ import optax
 
 import hessinv
 
-from benchmarks.newton_vs_adam import load_batch, make_model
+from benchmarks.newton_vs_adam import load_batch, make_model, make_step
 
 
 def perturb(X, rng, flip):
@@ -46,19 +46,12 @@ def perturb(X, rng, flip):
     return np.where(mask, np.nextafter(X, toward), X)
 
 
-def steps_to(layers, opt, params, batch, targets, max_steps, second_order):
-    """Run the optax loop; the first step at which the loss is <= each target (None if never)."""
-
-    @jax.jit
-    def step(params, state, batch):
-        loss, g = jax.value_and_grad(lambda p: hessinv.loss(layers, p, batch))(params)
-        kw = dict(z0=batch) if second_order else {}
-        updates, state = opt.update(g, state, params, **kw)
-        return optax.apply_updates(params, updates), state, loss
-
+def steps_to(step, opt, params, batch, targets, max_steps):
+    """Run the optax loop with the jitted ``step`` (from ``newton_vs_adam.make_step``); the first
+    step at which the loss is <= each target (None if never), the last loss and the steps run."""
     state, first, loss = opt.init(params), {t: None for t in targets}, None
     for k in range(max_steps + 1):
-        new_params, new_state, loss = step(params, state, batch)
+        new_params, new_state, loss, _ = step(params, state, batch)
         loss = float(loss)
         for t in targets:
             if first[t] is None and loss <= t:
@@ -84,22 +77,24 @@ def main():
     targets = sorted(args.targets, reverse=True)
     rows = []
     t0 = time.perf_counter()
+    # One jitted step per method for every seed and draw: the layers are the same functions for
+    # every seed, and params and batch are arguments, so each compiles once.
+    layers = make_model(8, 16)[0]
+    gn = hessinv.optax.newton(layers, curvature="ggn", damping="lm", init_damping=args.init_damping)
+    adams = {lr: optax.adam(lr) for lr in args.adam_lrs}
+    steps = {"gn": make_step(layers, gn, True)} | {lr: make_step(layers, opt, False) for lr, opt in adams.items()}
     for seed in args.seeds:
         X, y = load_batch(64, seed)
-        layers, params = make_model(8, 16, seed)
-        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), make_model(8, 16, seed)[1])
         rng = np.random.default_rng(1000 + seed)
         for j in range(args.perturbations + 1):
             Xj = np.asarray(X) if j == 0 else perturb(X, rng, args.flip)
             batch = (jnp.asarray(Xj, jnp.float32).astype(jnp.float64), y)
             row = dict(seed=seed, perturbation=j, initial_loss=float(hessinv.loss(layers, params, batch)))
-            gn = hessinv.optax.newton(layers, curvature="ggn", damping="lm", init_damping=args.init_damping)
-            first, final, steps = steps_to(layers, gn, params, batch, targets, args.second_order_steps, True)
+            first, final, _ = steps_to(steps["gn"], gn, params, batch, targets, args.second_order_steps)
             row["gauss_newton_lm"] = dict(to_targets={f"{t:g}": s for t, s in first.items()}, final_loss=final)
             for lr in args.adam_lrs:
-                first, final, steps = steps_to(
-                    layers, optax.adam(lr), params, batch, targets, args.first_order_steps, False
-                )
+                first, final, _ = steps_to(steps[lr], adams[lr], params, batch, targets, args.first_order_steps)
                 row[f"adam_{lr:g}"] = dict(to_targets={f"{t:g}": s for t, s in first.items()}, final_loss=final)
             adam = [row[f"adam_{lr:g}"]["to_targets"] for lr in args.adam_lrs]
             row["adam_best"] = {
