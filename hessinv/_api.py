@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _blocks, _hvp, _oneshot, _pipeline, _riccati
+from . import _blocks, _dense, _diagnostics, _gauss_newton, _hvp, _oneshot, _pipeline, _riccati, _woodbury, cost
 from ._errors import NonFiniteError
+from ._factorization import Factorization
 
 
 def _check_finite(tree, name: str) -> None:
@@ -74,17 +75,36 @@ def blocks(layers: Sequence, params: Sequence, z0: Any, *, curvature: str = "hes
     return _blocks.compute(pipe, list(params), z0, curvature)
 
 
-METHODS = ("riccati", "woodbury")
+METHODS = ("auto",) + _diagnostics.ROUTES
 
 
-def _factorize_blocks(blk: _blocks.Blocks, damping, method: str):
-    if method == "riccati":
-        return blk.factorize(damping)
-    if method == "woodbury":
-        from . import _woodbury
+def route(
+    layers: Sequence, params: Sequence, z0: Any, *, damping=0.0, curvature: str = "hessian", method="auto"
+) -> str:
+    """The exact route ``ihvp``/``factorize`` take for this pipeline: ``method`` itself, or for
+    ``method="auto"`` the cheapest by the cost model of :mod:`hessinv.cost` (static shapes only,
+    so it is decided at trace time and never depends on the numbers)."""
+    return _route(_pipeline.build(layers, params, z0), method, curvature, damping)
 
-        return _woodbury.factorize_blocks(blk, damping)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+def _route(pipe, method: str, curvature: str, damping) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _blocks.check_curvature(pipe, curvature)
+    if method != "auto":
+        return method
+    # A damping known to be 0 (or negative) rules out the output-space route, which needs λ > 0.
+    positive = not _pipeline.is_concrete(damping) or bool(np.all(np.asarray(damping) > 0))
+    return cost.choose(pipe, curvature, positive_damping=positive)
+
+
+def _factorize_route(pipe, layers, params, z0, damping, curvature, route):
+    if route in ("riccati", "woodbury"):
+        blk = _blocks.compute(pipe, params, z0, curvature)
+        module = _riccati if route == "riccati" else _woodbury
+        return module.factorize_blocks(blk, damping)
+    module = _dense if route == "dense" else _gauss_newton
+    return module.factorize(pipe, tuple(layers), list(params), z0, damping, curvature)
 
 
 def factorize(
@@ -94,33 +114,45 @@ def factorize(
     *,
     damping=0.0,
     curvature: str = "hessian",
-    method: str = "riccati",
-) -> _riccati.Factorization:
-    """Factorise ``H + λI`` by the exact stage recursion, for many solves.
+    method: str = "auto",
+) -> Factorization:
+    """Factorise ``C + λI`` once (``C`` the Hessian, or the Gauss-Newton matrix with
+    ``curvature="ggn"``), for many solves, log-determinants and inertia.
 
-    ``F = factorize(...)`` is a pytree; ``F.solve(g)`` is ``(H + λI)^{-1} g``,
+    ``F = factorize(...)`` is a pytree; ``F.solve(g)`` is ``(C + λI)^{-1} g``,
     ``jax.vmap(F.solve)(gs)`` solves many right-hand sides, ``F.logdet()`` gives
-    ``(sign, log|det|)``, ``F.inertia()`` the eigenvalue sign counts and ``F.info()`` the pivot
-    health. A singular pivot is not an error here (``logdet`` is then ``-inf`` and ``inertia``
-    counts the zeros); solving with it is.
+    ``(sign, log|det|)``, ``F.inertia()`` the eigenvalue sign counts and ``F.info()`` the
+    health of the factorisation, including the route that ran (``F.info().route_name``). A
+    singular pivot is not an error here; solving with it, or asking ``logdet``/``inertia`` of a
+    factorisation that cannot give them exactly, is (eagerly) — see :meth:`Factorization.check`.
 
-    ``method="riccati"`` (default) is the stage recursion of MATH.md section 3, valid for every
-    layer shape; ``method="woodbury"`` is the paper's own route (section 6), which needs square
-    invertible ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks.
+    ``method`` chooses the exact route; all give the same answer to rounding:
 
-    Cost ``O(Σ_l (a_l + p_l)^3)`` time, ``O(Σ_l (a_l + p_l)^2)`` memory.
+    * ``"auto"`` (default): the cheapest of the next three for these shapes (:mod:`hessinv.cost`);
+    * ``"riccati"``: the stage recursion of MATH.md section 3, any layer shapes, indefinite
+      ``C + λI`` included; ``O(Σ_l (a_l + p_l)^3)`` time, linear in depth;
+    * ``"dense"``: ``C`` formed and factorised (Cholesky, LU where indefinite); ``O(n^3)``,
+      cheapest when there are few parameters for the batch (``n ≲ a``);
+    * ``"gauss_newton"``: ``curvature="ggn"`` only, ``λ > 0``: Woodbury in the ``m``-dimensional
+      output space; cheapest when the network has few outputs (``m = batch × outputs ≪ n``);
+    * ``"woodbury"``: the paper's own route (section 6), which needs square invertible
+      ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks; never chosen by ``"auto"``.
     """
-    F = _factorize_blocks(blocks(layers, params, z0, curvature=curvature), damping, method)
+    pipe = _pipeline.build(layers, params, z0)
+    r = _route(pipe, method, curvature, damping)
+    if _pipeline.is_concrete(params, z0):
+        _check_inputs(params, z0)
+    F = _factorize_route(pipe, layers, list(params), z0, damping, curvature, r)
     if _pipeline.is_concrete(F):
         info = F.info()
         if not bool(info.finite):
-            _riccati.raise_for(F.pipe, info)
+            F._raise_for(info, "factor")
     return F
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "curvature", "method"))
-def _ihvp_jit(layers, params, z0, g, damping, curvature, method):
-    return _ihvp_traced(layers, params, z0, g, damping, curvature, method, True)
+@functools.partial(jax.jit, static_argnames=("layers", "curvature", "route"))
+def _ihvp_jit(layers, params, z0, g, damping, curvature, route):
+    return _ihvp_traced(layers, params, z0, g, damping, curvature, route, True)
 
 
 @functools.partial(jax.jit, static_argnames=("pipe", "curvature", "with_info"))
@@ -129,15 +161,30 @@ def _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info):
     return rows, (_oneshot.info(pipe, outs) if with_info else None)
 
 
-def _riccati_solve(pipe, layers, params, z0, g_rows, damping, curvature, with_info):
-    """``(C + λI)^{-1} g`` in one pass (blocks computed chunk by chunk inside the recursion, see
-    :mod:`hessinv._oneshot`), as a ``jax.lax.custom_linear_solve``: differentiating the answer
-    with respect to ``g`` is then one more solve with the same symmetric matrix, and with respect
-    to ``params`` it goes through the matrix-vector product (Pearlmutter's hvp, or the GGN's),
-    not through the factorisation. With ``with_info`` (the eager path, ``return_info=True``) it
-    is the plain one-pass solve, differentiated (if at all) through the factorisation."""
+@functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route", "with_info"))
+def _factorized_jit(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info):
+    F = _factorize_route(pipe, layers, params, z0, damping, curvature, route)
+    return F.solve_rows(b_rows), (F._info() if with_info else None)
+
+
+def _direct(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info):
+    """``(C + λI)^{-1} b`` by ``route``: the stage recursion in one pass (blocks computed chunk
+    by chunk inside the recursion, see :mod:`hessinv._oneshot`), any other route by its
+    factorisation."""
+    if route == "riccati":
+        return _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info)
+    return _factorized_jit(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info)
+
+
+def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_info):
+    """``(C + λI)^{-1} g`` as a ``jax.lax.custom_linear_solve``, whatever the route:
+    differentiating the answer with respect to ``g`` is then one more solve with the same
+    symmetric matrix, and with respect to ``params`` it goes through the matrix-vector product
+    (Pearlmutter's hvp, or the GGN's), not through the factorisation. With ``with_info`` (the
+    eager path, ``return_info=True``) it is the plain solve, differentiated (if at all) through
+    the factorisation."""
     if with_info:  # (custom_linear_solve's has_aux does not survive jax.grad in jax 0.10.2)
-        return _oneshot_jit(pipe, params, z0, g_rows, damping, curvature, True)
+        return _direct(pipe, layers, params, z0, g_rows, damping, curvature, route, True)
     lam = jnp.asarray(damping, pipe.dtype)
     # One flat vector for the linear system: a parameter-free segment's empty rows would reach
     # custom_linear_solve's JVP rule as symbolic zeros, which it cannot take (jax 0.10.2).
@@ -148,24 +195,23 @@ def _riccati_solve(pipe, layers, params, z0, g_rows, damping, curvature, with_in
 
     def matvec(x):
         v = _pipeline.from_rows(pipe, rows(x))
-        Cv = _hvp.ggn_vp(layers, params, z0, v) if curvature == "ggn" else _hvp.pearlmutter_hvp(layers, params, z0, v)
+        Cv = (
+            _hvp.ggn_vp(layers, params, z0, v, pipe.segments[-1].in_spec.is_active)
+            if curvature == "ggn"
+            else _hvp.pearlmutter_hvp(layers, params, z0, v)
+        )
         return flat(_pipeline.to_rows(pipe, Cv)) + lam * x
 
     def solve(_, b):
-        return flat(_oneshot_jit(pipe, params, z0, rows(b), damping, curvature, False)[0])
+        return flat(_direct(pipe, layers, params, z0, rows(b), damping, curvature, route, False)[0])
 
     return rows(jax.lax.custom_linear_solve(matvec, g_flat, solve, symmetric=True)), None
 
 
-def _ihvp_traced(layers, params, z0, g, damping, curvature, method, with_info):
+def _ihvp_traced(layers, params, z0, g, damping, curvature, route, with_info):
     pipe = _pipeline.build(layers, params, z0)
     g_rows = _pipeline.to_rows(pipe, list(g))
-    if method == "riccati":
-        rows, info = _riccati_solve(pipe, tuple(layers), list(params), z0, g_rows, damping, curvature, with_info)
-    else:
-        F = _factorize_blocks(_blocks.compute(pipe, list(params), z0, curvature), damping, method)
-        rows = F.solve_rows(g_rows)
-        info = F.info() if with_info else None
+    rows, info = _solve(pipe, tuple(layers), list(params), z0, g_rows, damping, curvature, route, with_info)
     x = _pipeline.from_rows(pipe, rows)
     if not with_info:
         return x, None
@@ -181,48 +227,49 @@ def ihvp(
     *,
     damping=0.0,
     curvature: str = "hessian",
-    method: str = "riccati",
+    method: str = "auto",
     return_info: bool = False,
 ):
-    """Inverse-Hessian-vector product ``(H + λI)^{-1} g``, exactly, in time linear in depth.
+    """Inverse-Hessian-vector product ``(C + λI)^{-1} g``, exactly (``C`` the Hessian, or the
+    Gauss-Newton matrix with ``curvature="ggn"``).
 
-    Uses the stage (Riccati) recursion of MATH.md section 3 (Rahimi 2026, arXiv:2601.06096):
-    valid for every layer shape and for indefinite ``H + λI``, as long as each stage pivot is
-    nonsingular.
+    ``method="auto"`` (default) takes the cheapest exact route for these shapes (see
+    :func:`factorize` for the routes and :mod:`hessinv.cost` for the choice); the stage
+    (Riccati) recursion of MATH.md section 3 (Rahimi 2026, arXiv:2601.06096) is valid for
+    every layer shape and for indefinite ``C + λI``, in time linear in depth.
 
     Args:
       layers, params, z0: the pipeline (see :func:`hvp`).
       g: shaped exactly like ``params``.
       damping: ``λ``, a scalar (may be traced).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
-      method: ``"riccati"`` (default, any layer shapes) or ``"woodbury"`` (the paper's section 6
-        route; square layers only). See :func:`factorize`.
-      return_info: also return an :class:`~hessinv.Info` of pivot health. Use it under ``jit``,
-        where errors cannot be raised.
+      method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
+      return_info: also return an :class:`~hessinv.Info` (health, and the route that ran). Use
+        it under ``jit``, where errors cannot be raised.
 
     Returns:
       ``x`` shaped like ``params``, or ``(x, info)`` with ``return_info=True``.
 
     Raises (outside ``jit``, unless ``return_info=True``):
       NonFiniteError: NaN/inf in params, z0, g, or the blocks.
-      SingularPivotError: a stage pivot is (numerically) singular; the message names the layer.
+      SingularPivotError: the route's pivots are (numerically) singular; the message names the
+        layer (stage recursion) or the route.
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, g, "g")
+    r = _route(pipe, method, curvature, damping)
     if _pipeline.is_concrete(params, z0, g, damping):
         if not return_info:
             _check_inputs(params, z0, g=g)
-        x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, method)
+        x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, r)
         if return_info:
             return x, info
-        if method == "woodbury" and not bool(info.ok):
-            # Info cannot say which of the paper's pivots failed (B_l, Q_22, S_q or S_H);
-            # refactorising eagerly raises an error naming the layer and the pivot.
-            from . import _woodbury
-
-            blk = _blocks.compute(pipe, list(params), z0, curvature)
-            _woodbury.factorize_blocks(blk, damping)
-        _riccati.raise_for(pipe, info)
+        if r == "riccati":
+            _diagnostics.raise_for(pipe, info)
+        elif not bool(info.ok):
+            # Refactorise eagerly: each route's own check names what failed (for Woodbury,
+            # which of the paper's pivots: B_l, Q_22, S_q or S_H).
+            _factorize_route(pipe, layers, list(params), z0, damping, curvature, r).check()
         return x
-    x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, method, return_info)
+    x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, r, return_info)
     return (x, info) if return_info else x

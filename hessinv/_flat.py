@@ -4,9 +4,12 @@ The stage recursion works on vectors: `z_l` of length `a_l` and `x_l` of length 
 (MATH.md section 1). Users hand us pytrees. A :class:`Spec` records how to go from one to the
 other and back. Unlike `jax.flatten_util.ravel_pytree`, a :class:`Spec` is hashable data, not
 a closure, so it can live in the static part of a pytree (a factorisation crosses `jit`
-boundaries without recompiling) and it separates the *floating* leaves, which are the
-activations we differentiate, from integer/bool leaves (class labels, masks), which are carried
-constants.
+boundaries without recompiling) and it separates the *active* leaves, the floating activations
+we differentiate, from the carried constants: integer/bool leaves (class labels, masks) and
+floating leaves that every layer so far has passed through unchanged (regression targets, fixed
+inputs riding in ``z0``). A carried floating leaf depends on the batch alone, never on the
+parameters, so treating it as a constant is exact, and it keeps it out of ``a_l``: the stage
+state is ``a_l × a_l``.
 """
 
 from __future__ import annotations
@@ -19,20 +22,23 @@ import numpy as np
 
 
 class Spec(NamedTuple):
-    """Static description of a pytree: its structure, leaf shapes and dtypes."""
+    """Static description of a pytree: its structure, leaf shapes and dtypes, and which
+    floating leaves are carried constants (see the module docstring)."""
 
     treedef: Any
     shapes: tuple
     dtypes: tuple
+    carried: tuple  # per leaf: a floating leaf passed through unchanged from z0
 
     @property
-    def is_float(self) -> tuple:
-        return tuple(jnp.issubdtype(d, jnp.inexact) for d in self.dtypes)
+    def is_active(self) -> tuple:
+        """Per leaf: an activation (floating and not carried), the leaves we differentiate."""
+        return tuple(jnp.issubdtype(d, jnp.inexact) and not c for d, c in zip(self.dtypes, self.carried))
 
     @property
     def size(self) -> int:
-        """Number of floating entries: the dimension of the flat vector."""
-        return int(sum(int(np.prod(s)) for s, f in zip(self.shapes, self.is_float) if f))
+        """Number of active entries: the dimension of the flat vector."""
+        return int(sum(int(np.prod(s)) for s, f in zip(self.shapes, self.is_active) if f))
 
     def describe(self) -> str:
         """A short human-readable description, e.g. ``{'h': float32[4,8], 'y': int32[4]}``."""
@@ -40,36 +46,38 @@ class Spec(NamedTuple):
         return str(jax.tree.unflatten(self.treedef, leaves)).replace("'", "")
 
 
-def spec_of(tree) -> Spec:
+def spec_of(tree, carried=None) -> Spec:
+    """The :class:`Spec` of ``tree``; ``carried`` (per leaf) marks carried floating leaves."""
     leaves, treedef = jax.tree.flatten(tree)
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
     dtypes = tuple(jnp.result_type(x) for x in leaves)
-    return Spec(treedef, shapes, dtypes)
+    carried = (False,) * len(leaves) if carried is None else tuple(bool(c) for c in carried)
+    return Spec(treedef, shapes, dtypes, carried)
 
 
 def float_dtype(*specs: Spec):
-    """The dtype the recursion runs in: the promotion of every floating leaf."""
-    dts = [d for s in specs for d, f in zip(s.dtypes, s.is_float) if f]
+    """The dtype the recursion runs in: the promotion of every active leaf."""
+    dts = [d for s in specs for d, f in zip(s.dtypes, s.is_active) if f]
     return jnp.result_type(*dts) if dts else jnp.result_type(float)
 
 
 def ravel(spec: Spec, tree, dtype) -> jax.Array:
-    """The floating leaves of `tree`, raveled and concatenated into one vector of `dtype`."""
+    """The active leaves of `tree`, raveled and concatenated into one vector of `dtype`."""
     leaves = jax.tree.leaves(tree)
-    parts = [jnp.ravel(x).astype(dtype) for x, f in zip(leaves, spec.is_float) if f]
+    parts = [jnp.ravel(x).astype(dtype) for x, f in zip(leaves, spec.is_active) if f]
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
 
 
 def constants(spec: Spec, tree) -> tuple:
-    """The non-floating leaves of `tree`: carried along, never differentiated."""
-    return tuple(x for x, f in zip(jax.tree.leaves(tree), spec.is_float) if not f)
+    """The carried leaves of `tree` (integer/bool, and carried floating): never differentiated."""
+    return tuple(x for x, f in zip(jax.tree.leaves(tree), spec.is_active) if not f)
 
 
 def unravel(spec: Spec, vec: jax.Array, consts: tuple = ()) -> Any:
     """Inverse of :func:`ravel` (with :func:`constants`): rebuild the pytree, casting each
-    floating leaf back to its own dtype."""
+    active leaf back to its own dtype."""
     leaves, pos, it = [], 0, iter(consts)
-    for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_float):
+    for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_active):
         if is_f:
             n = int(np.prod(shape))
             leaves.append(jnp.reshape(vec[pos : pos + n], shape).astype(dtype))
@@ -80,16 +88,16 @@ def unravel(spec: Spec, vec: jax.Array, consts: tuple = ()) -> Any:
 
 
 def parts(spec: Spec, tree, dtype) -> tuple:
-    """The floating leaves of `tree`, each raveled to a vector of `dtype`: :func:`ravel` before
+    """The active leaves of `tree`, each raveled to a vector of `dtype`: :func:`ravel` before
     the concatenation. Differentiating with respect to these separately, and concatenating the
     derivative blocks afterwards, keeps the slicing of one long vector out of the derivative
     code (measured ~25% faster for second derivatives of small layers)."""
-    return tuple(jnp.ravel(x).astype(dtype) for x, f in zip(jax.tree.leaves(tree), spec.is_float) if f)
+    return tuple(jnp.ravel(x).astype(dtype) for x, f in zip(jax.tree.leaves(tree), spec.is_active) if f)
 
 
 def unravel_parts(spec: Spec, vecs, consts: tuple = ()) -> Any:
     """Inverse of :func:`parts` (with :func:`constants`)."""
     leaves, it, iv = [], iter(consts), iter(vecs)
-    for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_float):
+    for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_active):
         leaves.append(jnp.reshape(next(iv), shape).astype(dtype) if is_f else next(it))
     return jax.tree.unflatten(spec.treedef, leaves)

@@ -26,23 +26,27 @@ def pearlmutter_hvp(layers, params, z0, v):
     return jax.jvp(grad, (params,), (v,))[1]
 
 
-def ggn_vp(layers, params, z0, v):
+def ggn_vp(layers, params, z0, v, active=None):
     """``G v = Jᵀ ∇²ℓ J v`` (MATH.md section 5): ``J`` the Jacobian of the last layer's input
     in the parameters, ``ℓ`` the parameter-free last layer. One linearised forward pass (its jvp
     and, transposed, its vjp) and one hvp of ``ℓ``.
-    Integer leaves of the last layer's input (labels) are carried constants."""
+    ``active`` (per leaf of the last layer's input; default: the floating ones) marks the
+    network's outputs; the other leaves (labels, carried targets) are constants."""
     body = list(layers[:-1])
 
-    def features(p):  # the float leaves of the last layer's input, and that input itself
+    def is_out(i, x):
+        return active[i] if active is not None else jnp.issubdtype(x.dtype, jnp.inexact)
+
+    def features(p):  # the outputs among the last layer's input leaves, and that input itself
         z = _pipeline.loss(body, p, z0)  # every layer but the last
-        return [x for x in jax.tree.leaves(z) if jnp.issubdtype(x.dtype, jnp.inexact)], z
+        return [x for i, x in enumerate(jax.tree.leaves(z)) if is_out(i, x)], z
 
     # One forward pass, linearised: its jvp gives J v and its transpose the vjp.
     p_body = list(params[:-1])
     fl, jvp, z = jax.linearize(features, p_body, has_aux=True)
     vjp = jax.linear_transpose(jvp, p_body)
     leaves, treedef = jax.tree.flatten(z)
-    is_f = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
+    is_f = [is_out(i, x) for i, x in enumerate(leaves)]
 
     def ell(float_leaves):
         it = iter(float_leaves)

@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _blocks, _pipeline, _stage
-from ._riccati import Info, _sym, make_info, pivot_solve, schur_update
+from ._diagnostics import Info, make_info
+from ._linalg import pivot_solve, sym
+from ._riccati import schur_update
 
 #: Bytes of blocks per chunk, and the most layers in one: small enough for a chunk's blocks to
 #: stay in the cache, large enough for the vmapped block computations to be efficient (the
@@ -75,8 +77,8 @@ def _step(seg, lam, with_K, keep_pivot):
         Ms = M.T @ s  # (A_lᵀ s, B_lᵀ s)
         if p == 0:  # a parameter-free layer: state and adjoint just propagate
             dt = Q_zz.dtype
-            return (_sym(Q_zz), Ms), (jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt), jnp.zeros((0, 0), dt))
-        Q_uu = _sym(Q_uu) + lam * jnp.eye(p, dtype=Q_uu.dtype)
+            return (sym(Q_zz), Ms), (jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt), jnp.zeros((0, 0), dt))
+        Q_uu = sym(Q_uu) + lam * jnp.eye(p, dtype=Q_uu.dtype)
         q_u = Ms[a_in:] - g
         _, _, Gk = pivot_solve(Q_uu, jnp.concatenate([Q_uz, q_u[:, None]], axis=1))  # one LU for G and k
         G, k = Gk[:, :a_in], Gk[:, a_in]

@@ -118,15 +118,24 @@ def _struct(spec: _flat.Spec):
     return jax.tree.unflatten(spec.treedef, leaves)
 
 
+def _uncarried(spec: _flat.Spec) -> _flat.Spec:
+    return spec._replace(carried=(False,) * len(spec.carried))
+
+
 def _eval_layer(fn, in_spec, param_spec, where: str) -> _flat.Spec:
+    """The spec of ``fn``'s output, traced once. An output leaf that is one of the input's
+    carried leaves, passed through untouched (the same variable in the traced program), is
+    carried too: it still depends on the batch alone."""
     try:
-        out = jax.eval_shape(fn, _struct(in_spec), _struct(param_spec))
+        closed, out = jax.make_jaxpr(fn, return_shape=True)(_struct(in_spec), _struct(param_spec))
     except Exception as e:
         raise PipelineError(
             f"{where} failed on activations {in_spec.describe()} and parameters "
             f"{param_spec.describe()}: {type(e).__name__}: {e}"
         ) from e
-    return _flat.spec_of(out)
+    n_in = in_spec.treedef.num_leaves
+    carried_in = [v for v, c in zip(closed.jaxpr.invars[:n_in], in_spec.carried) if c]
+    return _flat.spec_of(out, [any(o is v for v in carried_in) for o in closed.jaxpr.outvars])
 
 
 def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
@@ -137,13 +146,16 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
     if not isinstance(params, tuple):
         raise PipelineError(f"params must be a list or tuple with one entry per layer, got {type(params).__name__}")
     if len(layers) != len(params):
-        raise PipelineError(f"len(layers) = {len(layers)} but len(params) = {len(params)}; give one params entry per layer")
+        raise PipelineError(
+            f"len(layers) = {len(layers)} but len(params) = {len(params)}; give one params entry per layer"
+        )
     if not layers:
         raise PipelineError("the pipeline is empty: give at least one layer")
 
     entries, entry_specs, units = [], [], []
     k = 0
-    z_spec = _flat.spec_of(z0)
+    # z0 is data: every floating leaf of it is carried until a layer computes from it.
+    z_spec = _flat.spec_of(z0, [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in jax.tree.leaves(z0)])
     act_specs = [z_spec]
     for e, (layer, x) in enumerate(zip(layers, params)):
         is_stack = isinstance(layer, Stack)
@@ -175,18 +187,27 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
             out_spec = z_spec
         else:
             out_spec = _eval_layer(fn, z_spec, xs, where)
-        if is_stack and out_spec != z_spec:
+        if is_stack and _uncarried(out_spec) != _uncarried(z_spec):
             raise PipelineError(
                 f"{where}: a Stack layer must map activations to the same shapes and dtypes, but it maps "
                 f"{z_spec.describe()} to {out_spec.describe()}"
             )
-        units.append([fn, depth, [Piece(e, 0, depth)], xs, z_spec, out_spec, k])
+        lo = 0
+        # A copy whose output carries other leaves than its input (the first copy of a Stack
+        # on z0: its input is all data) is a unit of its own; the copies after it agree.
+        while out_spec != z_spec and lo < depth - 1:
+            units.append([fn, 1, [Piece(e, lo, lo + 1)], xs, z_spec, out_spec, k + lo])
+            z_spec, out_spec, lo = out_spec, _eval_layer(fn, out_spec, xs, where), lo + 1
+            act_specs.append(z_spec)
+            if lo > z_spec.treedef.num_leaves:
+                raise PipelineError(f"{where}: the layer keeps permuting the leaves it passes through unchanged")
+        units.append([fn, depth - lo, [Piece(e, lo, depth)], xs, z_spec, out_spec, k + lo])
         z_spec = out_spec
         act_specs.append(out_spec)
         k += depth
 
     n_layers = k
-    if not (z_spec.treedef.num_leaves == 1 and z_spec.shapes[0] == () and z_spec.is_float[0]):
+    if not (z_spec.treedef.num_leaves == 1 and z_spec.shapes[0] == () and z_spec.is_active[0]):
         raise PipelineError(
             f"the last layer ({n_layers - 1}) must return a scalar floating loss, but it returns {z_spec.describe()}"
         )
@@ -278,6 +299,27 @@ def from_rows(pipe: Pipeline, seg_rows: Sequence) -> list:
     for ps, xs, (_, _, is_stack) in zip(parts, pipe.entry_specs, pipe.entries):
         rows = ps[0] if len(ps) == 1 else jnp.concatenate(ps)
         out.append(jax.vmap(lambda r, xs=xs: _flat.unravel(xs, r))(rows) if is_stack else _flat.unravel(xs, rows[0]))
+    return out
+
+
+def n_params(pipe: Pipeline) -> int:
+    """``n``: the number of (floating) parameters, the order of the curvature matrix."""
+    return sum(seg.n * seg.p for seg in pipe.segments)
+
+
+def rows_to_vector(seg_rows: Sequence, dtype) -> jax.Array:
+    """Per-segment row matrices as one flat vector of length ``n`` (row-major, segment after
+    segment): the order in which the dense routes index ``C``."""
+    return jnp.concatenate([jnp.reshape(r, (-1,)).astype(dtype) for r in seg_rows])
+
+
+def vector_to_rows(pipe: Pipeline, x: jax.Array) -> list:
+    """Inverse of :func:`rows_to_vector`: one ``(n_seg, p)`` matrix per segment."""
+    out, i = [], 0
+    for seg in pipe.segments:
+        k = seg.n * seg.p
+        out.append(jnp.reshape(x[i : i + k], (seg.n, seg.p)))
+        i += k
     return out
 
 

@@ -26,11 +26,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _pipeline, _stage
 from ._blocks import Blocks, SegmentBlocks
-from ._errors import NonFiniteError, SingularPivotError
+from ._diagnostics import Info, make_info, rcond_tol
+from ._diagnostics import rcond as _rcond
+from ._factorization import Factorization
+from ._linalg import lu_solve, pivot_solve, sym
 
 
 class StageFactors(NamedTuple):
@@ -47,35 +49,6 @@ class StageFactors(NamedTuple):
     A_is_block: jax.Array | None  # (n,) bool: A_l is exactly block-diagonal (see _stage.diagonal_blocks)
 
 
-class Info(NamedTuple):
-    """Health of a factorisation or a solve. All fields are arrays, so this works under ``jit``.
-
-    Attributes:
-      ok: ``finite`` and every pivot's reciprocal condition above ``rcond_tol``: solves are valid.
-      factor_ok: ``finite`` and every pivot but the first layer's (the last one eliminated, whose
-        inverse is never used) nonsingular: the congruence ``H + λI = Tᵀ blockdiag(Q_uu) T``
-        exists, so ``logdet`` and ``inertia`` are exact even when ``H + λI`` is singular.
-      finite: no NaN or inf in the blocks, the pivots (and the solution, for a solve).
-      min_rcond: the smallest reciprocal condition number ``min|eig| / max|eig|`` of any pivot.
-      worst_layer: the first layer, in elimination order (from the top), whose pivot is
-        singular (rcond ≤ ``rcond_tol``), else the layer whose pivot has ``min_rcond``.
-      first_nonfinite_layer: the first layer whose Jacobian blocks are not finite, else -1.
-      rcond_tol: the threshold used for ``ok``: ``max(p_l) · eps(dtype)``.
-    """
-
-    ok: jax.Array
-    factor_ok: jax.Array
-    finite: jax.Array
-    min_rcond: jax.Array
-    worst_layer: jax.Array
-    first_nonfinite_layer: jax.Array
-    rcond_tol: jax.Array
-
-
-def _sym(M):
-    return 0.5 * (M + M.T)
-
-
 def schur_update(Q_zz, Q_uz, G, large: bool):
     """``S_{l-1} = Q_zz − Q_uzᵀ G`` (``G = Q_uu^{-1} Q_uz``), symmetrised.
 
@@ -90,37 +63,7 @@ def schur_update(Q_zz, Q_uz, G, large: bool):
     amplified by a solve."""
     if large:
         return Q_zz - 0.5 * (Q_uz.T @ G + G.T @ Q_uz)
-    return _sym(Q_zz - Q_uz.T @ G)
-
-
-def _lu_solve(lu, perm, b, trans: bool = False):
-    """Solve ``Q x = b`` (or ``Qᵀ x = b``) with an LU factorisation ``Q[perm] = L U`` given as the
-    permutation ``perm``, not LAPACK's pivots: converting those to a permutation is a
-    sequential loop, which would then run inside every stage of a scan."""
-    vec = b.ndim == 1
-    b = b[:, None] if vec else b
-    tri = jax.lax.linalg.triangular_solve
-    if not trans:
-        y = tri(lu, b[perm], left_side=True, lower=True, unit_diagonal=True)
-        x = tri(lu, y, left_side=True, lower=False)
-    else:  # Qᵀ = Uᵀ Lᵀ P
-        y = tri(lu, b, left_side=True, lower=False, transpose_a=True)
-        w = tri(lu, y, left_side=True, lower=True, unit_diagonal=True, transpose_a=True)
-        x = jnp.zeros_like(w).at[perm].set(w)
-    return x[:, 0] if vec else x
-
-
-def pivot_solve(Q, X):
-    """``Q^{-1} X`` by LU with partial pivoting of the wide matrix ``[Q X]``: LAPACK's ``getrf``
-    applies the row interchanges and ``L^{-1}`` to ``X`` as it factorises, leaving
-    ``[U  L^{-1} P X]``, so one triangular solve finishes the job. Inside a scan this is cheaper
-    than factorising ``Q`` and then permuting ``X``: turning pivots into a permutation is a loop
-    (do it afterwards, batched over all layers, if later solves need it).
-
-    Returns ``(lu, pivots, Q^{-1} X)`` with ``lu`` the ``(p, p)`` LU factors of ``Q``."""
-    p = Q.shape[0]
-    lu, piv, _ = jax.lax.linalg.lu(jnp.concatenate([Q, X], axis=1))  # the unused permutation is dead code
-    return lu[:, :p], piv, jax.lax.linalg.triangular_solve(lu[:, :p], lu[:, p:], left_side=True, lower=False)
+    return sym(Q_zz - Q_uz.T @ G)
 
 
 def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
@@ -147,8 +90,8 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
         Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a_in, diag, is_block)
         if p == 0:  # a parameter-free layer (a loss head): the state just propagates
             empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
-            return _sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), kept(S))
-        Q_uu = _sym(Q_uu) + lam * eye
+            return sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), kept(S))
+        Q_uu = sym(Q_uu) + lam * eye
         lu, piv, G = pivot_solve(Q_uu, Q_uz)
         return schur_update(Q_zz, Q_uz, G, large), (Q_uu, lu, piv, G, kept(S))
 
@@ -163,19 +106,19 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
 
 
 @functools.partial(jax.jit, static_argnames=("unroll",))
-def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> Factorization:
+def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> RiccatiFactorization:
     dt = blocks.pipe.dtype
     lam = jnp.asarray(damping, dt)
     S = jnp.zeros((1, 1), dt)  # S_L = 0 (z_L is the scalar loss)
     stages = [None] * len(blocks.segments)
     for j in range(len(blocks.segments) - 1, -1, -1):
         S, stages[j] = _factor_segment(blocks.pipe.segments[j], blocks.segments[j], S, lam, unroll)
-    return Factorization(blocks, lam, stages)
+    return RiccatiFactorization(blocks, lam, stages)
 
 
 @jax.tree_util.register_pytree_node_class
-class Factorization:
-    """A reusable factorisation of ``H + λI`` by the stage recursion. A pytree.
+class RiccatiFactorization(Factorization):
+    """A reusable factorisation of ``C + λI`` by the stage recursion (``method="riccati"``). A pytree.
 
     Build it with :func:`hessinv.factorize`. Then ``solve`` costs about one hvp per right-hand
     side (``jax.vmap(F.solve)`` over a leading axis for many), and ``logdet`` / ``inertia`` are
@@ -187,6 +130,8 @@ class Factorization:
       stages: per segment, :class:`StageFactors` (pivots ``Q_uu``, their LU, gains ``G_l``, ``S_l``;
         a large layer keeps ``A_l``'s diagonal blocks instead of ``S_l``: see ``_stage.is_large``).
     """
+
+    route = "riccati"
 
     def __init__(self, blocks, damping, stages):
         self.blocks, self.damping, self.stages = blocks, damping, tuple(stages)
@@ -203,25 +148,6 @@ class Factorization:
         return cls(*children)
 
     # -- solves ---------------------------------------------------------------------------------
-
-    def _eager_check(self, need):
-        """Outside ``jit``, refuse to return a wrong number: raise if the pivots don't allow it."""
-        if not _pipeline.is_concrete(self):
-            return
-        if getattr(self, "_info_cache", None) is None:
-            self._info_cache = self.info()
-        raise_for(self.pipe, self._info_cache, need=need)
-        if not _pipeline.is_concrete(self._info_cache):
-            self._info_cache = None  # called under an outer trace: nothing concrete to keep
-
-    def solve(self, g):
-        """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params.
-
-        Outside ``jit`` this raises :class:`SingularPivotError` when a pivot is singular; under
-        ``jit`` check :meth:`info` yourself."""
-        _pipeline.check_like_params(self.pipe, g, "g")
-        self._eager_check("solve")
-        return _solve(self, list(g))
 
     def solve_rows(self, g_rows):
         """:meth:`solve` on per-segment row matrices (the flat form).
@@ -255,7 +181,7 @@ class Factorization:
                 ks[j] = jnp.zeros((segs[j].n, 0), dt)
             else:
                 q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
-                ks[j] = jax.vmap(_lu_solve)(st.lu, st.perm, q_u)
+                ks[j] = jax.vmap(lu_solve)(st.lu, st.perm, q_u)
 
         out = []
         dz = jnp.zeros((0,), dt)  # dz_0 = 0
@@ -281,18 +207,10 @@ class Factorization:
         """``(H + λI) v`` from the blocks; ``v`` shaped like params."""
         return self.blocks.matvec(v, self.damping)
 
-    # Each public query runs jitted (a nested jit is free under an outer one), so the eager
-    # convenience path costs one compile per pipeline, not op-by-op dispatch.
-
     # -- what the pivots tell -------------------------------------------------------------------
 
     def _pivot_stages(self):
         return [(seg, st) for seg, st in zip(self.pipe.segments, self.stages) if seg.p > 0]
-
-    def logdet(self):
-        """``(sign, log|det(H + λI)|)`` = the product of the pivots' signs, the sum of their logs."""
-        self._eager_check("factor")
-        return _logdet(self)
 
     def _logdet(self):
         dt = self.pipe.dtype
@@ -316,12 +234,6 @@ class Factorization:
     def rcond_tol(self):
         return rcond_tol(self.pipe)
 
-    def inertia(self):
-        """``(n_pos, n_neg, n_zero)`` eigenvalue counts of ``H + λI`` (Sylvester: the sum of the
-        pivots' inertias). An eigenvalue counts as zero below ``rcond_tol`` relative to its pivot."""
-        self._eager_check("factor")
-        return _inertia(self)
-
     def _inertia(self):
         tol = self.rcond_tol()
         pos = neg = zero = jnp.zeros((), jnp.int32)
@@ -333,10 +245,6 @@ class Factorization:
             zero += jnp.sum(z, dtype=jnp.int32)
         return pos, neg, zero
 
-    def info(self) -> Info:
-        """Pivot health and finiteness, as arrays (usable under ``jit``)."""
-        return _info(self)
-
     def _info(self) -> Info:
         ok_AB = [
             jnp.all(jnp.isfinite(blk.A), axis=(1, 2)) & jnp.all(jnp.isfinite(blk.B), axis=(1, 2))
@@ -346,91 +254,3 @@ class Factorization:
         for st in self.stages:
             finite &= jnp.all(jnp.isfinite(st.Q_uu)) & jnp.all(jnp.isfinite(st.G))
         return make_info(self.pipe, ok_AB, finite, [st.Q_uu for st in self.stages])
-
-    def check(self, need: str = "solve") -> Factorization:
-        """Raise :class:`SingularPivotError` / :class:`NonFiniteError` unless the factorisation is
-        usable for ``need``: ``"solve"`` (every pivot nonsingular) or ``"factor"`` (``logdet`` and
-        ``inertia``). Needs concrete values (outside ``jit``); returns ``self`` for chaining."""
-        raise_for(self.pipe, self.info(), need=need)
-        return self
-
-
-_solve = jax.jit(lambda F, g: _pipeline.from_rows(F.pipe, F.solve_rows(_pipeline.to_rows(F.pipe, g))))
-_logdet = jax.jit(Factorization._logdet)
-_inertia = jax.jit(Factorization._inertia)
-_info = jax.jit(Factorization._info)
-
-
-def rcond_tol(pipe):
-    """The threshold below which a pivot counts as singular: ``max(p_l) · eps(dtype)``."""
-    p = max([seg.p for seg in pipe.segments] + [1])
-    return jnp.asarray(p * jnp.finfo(pipe.dtype).eps, pipe.dtype)
-
-
-def _rcond(w):
-    """``min|eig| / max|eig|`` from eigenvalues ``(..., p)`` (0 for an all-zero pivot; NaN stays
-    NaN: a consequence of an earlier failure, not a culprit)."""
-    aw = jnp.abs(w)
-    top = jnp.max(aw, axis=-1)
-    rc = jnp.where(top > 0, jnp.min(aw, axis=-1) / jnp.where(top > 0, top, 1), 0)
-    return jnp.where(jnp.isnan(top), jnp.nan, rc)
-
-
-def make_info(pipe, ok_AB, finite, pivots) -> Info:
-    """:class:`Info` from per-layer facts: ``ok_AB`` (per segment, ``(n,)`` bools: ``A_l`` and
-    ``B_l`` finite), ``finite`` (the other blocks, pivots and gains) and the pivots ``Q_uu``
-    (per segment, ``(n, p, p)``; segments with ``p = 0`` are skipped)."""
-    tol = rcond_tol(pipe)
-    first_bad = jnp.array(pipe.n_layers, jnp.int32)
-    for seg, ok_l in zip(pipe.segments, ok_AB):
-        idx = (seg.start + jnp.argmin(ok_l)).astype(jnp.int32)
-        first_bad = jnp.where(jnp.all(ok_l), first_bad, jnp.minimum(first_bad, idx))
-        finite &= jnp.all(ok_l)
-    first_bad = jnp.where(first_bad == pipe.n_layers, -1, first_bad).astype(jnp.int32)
-
-    with_p = [(seg, Q) for seg, Q in zip(pipe.segments, pivots) if seg.p > 0]
-    rc = [_rcond(jnp.linalg.eigvalsh(Q)) for _, Q in with_p]
-    starts = [seg.start for seg, _ in with_p]
-    min_rc, worst = _argmin_rcond(rc, starts, pipe.dtype, tol)
-    # The first layer's pivot is eliminated last and never inverted inside the recursion.
-    inner = [(r, s0) for r, s0 in zip(rc, starts) if s0 > 0]
-    min_inner, worst_inner = _argmin_rcond([r for r, _ in inner], [s0 for _, s0 in inner], pipe.dtype, tol)
-    worst = jnp.where(min_inner > tol, worst, worst_inner)
-    return Info(finite & (min_rc > tol), finite & (min_inner > tol), finite, min_rc, worst, first_bad, tol)
-
-
-def _argmin_rcond(rc, starts, dtype, tol):
-    """The smallest finite pivot rcond, and the culprit layer: the first singular pivot in
-    elimination order (the highest layer with rcond ≤ tol; every pivot eliminated after it is
-    contaminated by it), else the layer of the smallest rcond."""
-    if not rc:
-        return jnp.asarray(jnp.inf, dtype), jnp.array(-1, jnp.int32)
-    all_rc = jnp.concatenate(rc)
-    all_idx = jnp.concatenate([s + jnp.arange(r.shape[0], dtype=jnp.int32) for s, r in zip(starts, rc)])
-    safe = jnp.where(jnp.isnan(all_rc), jnp.inf, all_rc)  # NaN pivots are consequences
-    bad = safe <= tol
-    culprit = jnp.max(jnp.where(bad, all_idx, -1))
-    return jnp.min(safe), jnp.where(jnp.any(bad), culprit, all_idx[jnp.argmin(safe)])
-
-
-def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> None:
-    """Turn a concrete :class:`Info` into a clear exception naming the layer. Under an outer
-    trace (``jit``/``vmap`` around a closed-over factorisation) there is nothing concrete to
-    check, and the caller's own ``info()`` is the diagnostic."""
-    if not _pipeline.is_concrete(info):
-        return
-    info = jax.tree.map(np.asarray, info)
-    k = int(info.first_nonfinite_layer)
-    if k >= 0:
-        raise NonFiniteError(f"NaN or inf in the Jacobian blocks of {what}, first at {pipe.layer_name(k)}")
-    if not bool(info.ok if need == "solve" else info.factor_ok) and bool(np.isfinite(info.min_rcond)):
-        k = int(info.worst_layer)
-        raise SingularPivotError(
-            f"the stage pivot of {pipe.layer_name(k)} is singular or numerically singular (reciprocal "
-            f"condition <= {float(info.rcond_tol):.3g}; smallest over all pivots {float(info.min_rcond):.3g}), so {what} "
-            "cannot be solved by the stage recursion. Either H + λI is singular, or the layer has more "
-            "parameters than its output has entries (p_l > a_l, e.g. a dense layer on a small batch), which "
-            "makes its undamped pivot singular even when H is not. Add damping (λ > 0) or use a larger batch."
-        )
-    if not bool(info.finite):
-        raise NonFiniteError(f"NaN or inf in the second-derivative blocks, stage pivots or solution of {what}")

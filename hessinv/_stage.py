@@ -43,8 +43,8 @@ def batch_blocks(seg: _pipeline.Segment):
     ``≥ 2`` (so the flat activation vector is example-major), and big enough to be worth it."""
     if seg.frozen_input or seg.a_in * seg.a_out < MIN_STRUCTURED:
         return None
-    ins = [s for s, f in zip(seg.in_spec.shapes, seg.in_spec.is_float) if f]
-    outs = [s for s, f in zip(seg.out_spec.shapes, seg.out_spec.is_float) if f]
+    ins = [s for s, f in zip(seg.in_spec.shapes, seg.in_spec.is_active) if f]
+    outs = [s for s, f in zip(seg.out_spec.shapes, seg.out_spec.is_active) if f]
     if len(ins) != 1 or len(outs) != 1 or len(ins[0]) < 2 or len(outs[0]) < 2:
         return None
     n = ins[0][0]

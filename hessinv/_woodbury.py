@@ -76,9 +76,11 @@ import numpy as np
 
 from . import _pipeline
 from ._blocks import Blocks
+from ._diagnostics import Info, route_code
+from ._diagnostics import raise_for as _raise_for_riccati
 from ._errors import PipelineError, SingularPivotError
-from ._riccati import Info, _lu_solve
-from ._riccati import raise_for as _raise_for_riccati
+from ._factorization import Factorization
+from ._linalg import lu_solve, sym
 
 PIVOTS = {
     "B": "∇_x f_l = B_l (the layer's block of D_x)",
@@ -108,19 +110,13 @@ class LayerFactors(NamedTuple):
     D_piv: jax.Array  # (n, 2a) row permutation of the LU
 
 
-def _sym(M):
-    return 0.5 * (M + jnp.swapaxes(M, -1, -2))
-
-
 def check_shapes(pipe) -> None:
     """Trace-time precondition: every ``∇_x f_l`` square (``p_l = a_l``)."""
     for seg in pipe.segments:
         if seg.p != seg.a_out:
             k = seg.start
             last = k + seg.n == pipe.n_layers
-            why = (
-                " (the last layer returns the scalar loss, so it needs exactly one parameter)" if last else ""
-            )
+            why = " (the last layer returns the scalar loss, so it needs exactly one parameter)" if last else ""
             raise PipelineError(
                 f"method='woodbury' (the paper's section 6 route) needs every ∂f_l/∂x_l square and "
                 f"invertible, p_l = a_l, but {pipe.layer_name(k)} has p = {seg.p} parameters and "
@@ -133,21 +129,21 @@ def _layer_blocks(A, B, K, lam, a_in):
     """Steps 3-4 and the per-layer entries of S_H (step 5) for one layer: eq. 29-34, 37."""
     dt, a = B.dtype, B.shape[0]
     K_zz, K_zx, K_xx = K[:a_in, :a_in], K[:a_in, a_in:], K[a_in:, a_in:]
-    Q22 = _sym(K_xx) + lam * jnp.eye(a, dtype=dt)  # eq. 33, damped
+    Q22 = sym(K_xx) + lam * jnp.eye(a, dtype=dt)  # eq. 33, damped
     q_fac = _lu(Q22)
-    Y = _lu_solve(*q_fac, K_zx.T)  # Q_22^{-1} Q_21 (a, a_in)
-    S_q = _sym(K_zz - jnp.eye(a_in, dtype=dt) - K_zx @ Y)  # eq. 34 with eq. 30-32
+    Y = lu_solve(*q_fac, K_zx.T)  # Q_22^{-1} Q_21 (a, a_in)
+    S_q = sym(K_zz - jnp.eye(a_in, dtype=dt) - K_zx @ Y)  # eq. 34 with eq. 30-32
     s_fac = _lu(S_q)
-    Qt11 = _sym(_lu_solve(*s_fac, jnp.eye(a_in, dtype=dt)))  # S_q^{-1}
-    Qt12 = -_lu_solve(*s_fac, Y.T)  # −S_q^{-1} Q_12 Q_22^{-1}
-    Qt22 = _sym(_lu_solve(*q_fac, jnp.eye(a, dtype=dt)) - Y @ Qt12)  # Q_22^{-1} + Q_22^{-1}Q_21 S_q^{-1}Q_12 Q_22^{-1}
+    Qt11 = sym(lu_solve(*s_fac, jnp.eye(a_in, dtype=dt)))  # S_q^{-1}
+    Qt12 = -lu_solve(*s_fac, Y.T)  # −S_q^{-1} Q_12 Q_22^{-1}
+    Qt22 = sym(lu_solve(*q_fac, jnp.eye(a, dtype=dt)) - Y @ Qt12)  # Q_22^{-1} + Q_22^{-1}Q_21 S_q^{-1}Q_12 Q_22^{-1}
     b_lu, b_piv = _lu(B)
-    X = _lu_solve(b_lu, b_piv, jnp.concatenate([jnp.eye(a, dtype=dt), A], axis=1))
+    X = lu_solve(b_lu, b_piv, jnp.concatenate([jnp.eye(a, dtype=dt), A], axis=1))
     B_inv, BiA = X[:, :a], X[:, a:]
     # S_H12 = Q̃_12 + Mᵀ D_x^{-T}: block (dz_{l-1}, dx_l) is Q̃_12 − A_lᵀ B_l^{-T}.
     E = Qt12 - A.T @ B_inv.T
     # S_H22 = Q̃_22 + D_x^{-1} M Mᵀ D_x^{-T}: diagonal block B^{-1}(I + A Aᵀ)B^{-T}.
-    SH22 = _sym(Qt22 + B_inv @ B_inv.T + BiA @ BiA.T)
+    SH22 = sym(Qt22 + B_inv @ B_inv.T + BiA @ BiA.T)
     F = jnp.concatenate([E.T, -BiA], axis=1)
     return (b_lu, b_piv, B_inv, Q22, S_q, Qt11, Qt12, Qt22, F), SH22
 
@@ -193,10 +189,10 @@ def _factorize_impl(blocks: Blocks, lam) -> list:
             B_inv, SH11, SH22, F = xs
             # Group (dz_l, dx_l) of S_H, minus what eliminating group l-1 left (block LDLᵀ).
             T = jnp.block([[SH11, B_inv.T], [B_inv, SH22 - F @ Om @ F.T]])
-            D = _sym(T)
+            D = sym(T)
             d_lu, d_piv = _lu(D)
             R = jax.scipy.linalg.block_diag(jnp.eye(a, dtype=dt), B_inv)
-            Om = _sym(R.T @ _lu_solve(d_lu, d_piv, R))
+            Om = sym(R.T @ lu_solve(d_lu, d_piv, R))
             return Om, (D, d_lu, d_piv)
 
         if j == 0:
@@ -219,18 +215,20 @@ def _apply_A_inv(F, g_rows):
     """Step 1: ``A^{-1} g = D_x^{-1} M Mᵀ D_x^{-T} g`` (two bidiagonal passes)."""
     pipe, dt = F.pipe, F.pipe.dtype
     segs = pipe.segments
-    h = [jax.vmap(lambda l, p, g: _lu_solve(l, p, g, trans=True))(f.B_lu, f.B_piv, g) for f, g in zip(F.layers, g_rows)]
+    h = [jax.vmap(lambda l, p, g: lu_solve(l, p, g, trans=True))(f.B_lu, f.B_piv, g) for f, g in zip(F.layers, g_rows)]
     # m = Mᵀ h: m_l = h_l − A_{l+1}ᵀ h_{l+1}, backward.
     m = [None] * len(segs)
     c = jnp.zeros((1,), dt)
     for j in range(len(segs) - 1, -1, -1):
-        c, m[j] = _pipeline.scan(lambda c, xs: (xs[0].T @ xs[1], xs[1] - c), c, (F.blocks.segments[j].A, h[j]), segs[j].n, reverse=True)
+        c, m[j] = _pipeline.scan(
+            lambda c, xs: (xs[0].T @ xs[1], xs[1] - c), c, (F.blocks.segments[j].A, h[j]), segs[j].n, reverse=True
+        )
     # n = M m: n_l = m_l − A_l m_{l-1}, forward; then D_x^{-1}.
     out, c = [], jnp.zeros((0,), dt)
     for j, seg in enumerate(segs):
         c, nn = _pipeline.scan(lambda c, xs: (xs[1], xs[1] - xs[0] @ c), c, (F.blocks.segments[j].A, m[j]), seg.n)
         f = F.layers[j]
-        out.append(jax.vmap(_lu_solve)(f.B_lu, f.B_piv, nn))
+        out.append(jax.vmap(lu_solve)(f.B_lu, f.B_piv, nn))
     return out
 
 
@@ -239,7 +237,7 @@ def _apply_U(F, v_rows):
     dt = F.pipe.dtype
     ys, y = [], jnp.zeros((0,), dt)
     for seg, blk, v in zip(F.pipe.segments, F.blocks.segments, v_rows):
-        y, yy = _pipeline.scan(lambda y, xs: ((lambda n: (n, n))(xs[0] @ y + xs[1] @ xs[2])), y, (blk.A, blk.B, v), seg.n)
+        y, yy = _pipeline.scan(lambda y, xs: (lambda n: (n, n))(xs[0] @ y + xs[1] @ xs[2]), y, (blk.A, blk.B, v), seg.n)
         ys.append(yy)
     return ys, list(v_rows)
 
@@ -272,7 +270,7 @@ def _apply_SH_inv(F, y_rows, w_rows):
         def fwd(t, xs, a=seg.a_out):
             Fm, B_inv, lu, piv, ry, rw = xs
             yh = jnp.concatenate([ry, rw - Fm @ t])
-            z = _lu_solve(lu, piv, yh)
+            z = lu_solve(lu, piv, yh)
             return jnp.concatenate([z[:a], B_inv.T @ z[a:]]), yh
 
         t, yh = _pipeline.scan(fwd, t, (f.F, f.B_inv, f.D_lu, f.D_piv, y_rows[j], w_rows[j]), seg.n)
@@ -284,7 +282,7 @@ def _apply_SH_inv(F, y_rows, w_rows):
 
         def bwd(c, xs, a=seg.a_out):
             Fm, B_inv, lu, piv, yh = xs
-            u = _lu_solve(lu, piv, yh - jnp.concatenate([c[:a], B_inv @ c[a:]]))
+            u = lu_solve(lu, piv, yh - jnp.concatenate([c[:a], B_inv @ c[a:]]))
             return Fm.T @ u[a:], u
 
         c, u = _pipeline.scan(bwd, c, (f.F, f.B_inv, f.D_lu, f.D_piv, yhat[j]), seg.n, reverse=True)
@@ -293,7 +291,7 @@ def _apply_SH_inv(F, y_rows, w_rows):
 
 
 @jax.tree_util.register_pytree_node_class
-class WoodburyFactorization:
+class WoodburyFactorization(Factorization):
     """A reusable factorisation of ``H + λI`` by the paper's Woodbury route. A pytree.
 
     Build it with ``hessinv.factorize(..., method="woodbury")``. ``solve`` applies eq. 28
@@ -304,6 +302,8 @@ class WoodburyFactorization:
       damping: ``λ``.
       layers: per segment, :class:`LayerFactors` (``B_l`` LU, ``Q^{-1}`` blocks, ``S_H`` pivots).
     """
+
+    route = "woodbury"
 
     def __init__(self, blocks, damping, layers):
         self.blocks, self.damping, self.layers = blocks, damping, tuple(layers)
@@ -318,11 +318,6 @@ class WoodburyFactorization:
     @classmethod
     def tree_unflatten(cls, _, children):
         return cls(*children)
-
-    def solve(self, g):
-        """``(H + λI)^{-1} g``; ``g`` (and the result) shaped like params."""
-        pipe = self.pipe
-        return _pipeline.from_rows(pipe, self.solve_rows(_pipeline.to_rows(pipe, g)))
 
     def solve_rows(self, g_rows):
         """:meth:`solve` on per-segment row matrices (the flat form)."""
@@ -380,7 +375,7 @@ class WoodburyFactorization:
             res[kind] = (safe[i], idx[i].astype(jnp.int32))
         return res
 
-    def info(self) -> Info:
+    def _info(self) -> Info:
         """Pivot health and finiteness, as arrays (usable under ``jit``). ``min_rcond`` and
         ``worst_layer`` cover all the pivots the route inverts: ``B_l``, ``Q_22,l``, ``S_q,l``
         and the ``S_H`` factorisation's."""
@@ -403,11 +398,14 @@ class WoodburyFactorization:
         min_rc, worst_layer = rcs[i], layers[i]
         ok = finite & (min_rc > tol)
         # factor_ok: this route offers no logdet/inertia, so it is the same as ok.
-        return Info(ok, ok, finite, min_rc, worst_layer, first_bad, tol)
+        return Info(ok, ok, finite, min_rc, worst_layer, first_bad, tol, route_code("woodbury"))
 
-    def check(self) -> "WoodburyFactorization":
+    def _raise_for(self, info, need) -> None:
         """Raise :class:`SingularPivotError` naming the layer and the pivot (or
-        :class:`NonFiniteError`) if the route cannot solve. Needs concrete values."""
+        :class:`NonFiniteError`) if the route cannot solve. ``info`` cannot say which of the
+        route's pivots failed, so this rediagnoses (a concrete factorisation is needed)."""
+        if not _pipeline.is_concrete(self):
+            return
         pipe, tol = self.pipe, float(self.rcond_tol())
         info, worst = jax.tree.map(np.asarray, _diagnose(self))
         if int(info.first_nonfinite_layer) >= 0:
@@ -423,7 +421,6 @@ class WoodburyFactorization:
                 )
         if not bool(info.finite):
             _raise_for_riccati(pipe, info, what="H + λI (method='woodbury')")
-        return self
 
 
 # jit (keyed on the static pipeline) so that an eager factorize() compiles once instead of
@@ -433,4 +430,4 @@ _factorize_jit = jax.jit(_factorize_impl)
 
 @jax.jit
 def _diagnose(F):
-    return F.info(), F._worst()
+    return F._info(), F._worst()

@@ -1,5 +1,7 @@
 """The stage recursion: ihvp, factorize, solve, logdet, inertia, against dense references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,10 @@ import pytest
 from helpers import PIPELINES, dense_case, flat, like, rel_err
 
 import hessinv
+
+# These tests are about the stage recursion: pin it (method="auto" may pick another route).
+ihvp = functools.partial(hessinv.ihvp, method="riccati")
+factorize = functools.partial(hessinv.factorize, method="riccati")
 
 
 def dense(name, damping, dtype=jnp.float64):
@@ -22,7 +28,7 @@ def test_ihvp_float64(name, damping):
     # then accurate to ~cond·eps ≲ 1e-11, so 1e-10 is a real check.
     assert np.linalg.cond(Hd) < 1e5
     g = like(params)
-    x = hessinv.ihvp(layers, params, z0, g, damping=damping)
+    x = ihvp(layers, params, z0, g, damping=damping)
     assert jax.tree.structure(x) == jax.tree.structure(list(params))
     assert rel_err(flat(x), np.linalg.solve(Hd, flat(g))) < 1e-10
 
@@ -40,7 +46,7 @@ def test_ihvp_float32(name):
     layers, params, z0, Hd = dense(name, 2.0, dtype=jnp.float32)
     assert np.linalg.cond(Hd) < 1e2  # well-conditioned thanks to the damping
     g = like(params)
-    x = hessinv.ihvp(layers, params, z0, g, damping=2.0)
+    x = ihvp(layers, params, z0, g, damping=2.0)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(x))
     assert rel_err(flat(x), np.linalg.solve(Hd, flat(g).astype(np.float64))) < 1e-4
 
@@ -49,7 +55,7 @@ def test_ihvp_float32(name):
 @pytest.mark.parametrize("damping", [0.0, 0.05, 2.0])
 def test_logdet_and_inertia(name, damping):
     layers, params, z0, Hd = dense(name, damping)
-    F = hessinv.factorize(layers, params, z0, damping=damping)
+    F = factorize(layers, params, z0, damping=damping)
     sign, logabs = F.logdet()
     s_ref, l_ref = np.linalg.slogdet(Hd)
     assert float(sign) == s_ref
@@ -60,7 +66,7 @@ def test_logdet_and_inertia(name, damping):
 
 def test_large_damping_is_positive_definite():
     layers, params, z0, Hd = dense("mixed", 10.0)
-    F = hessinv.factorize(layers, params, z0, damping=10.0)
+    F = factorize(layers, params, z0, damping=10.0)
     n = Hd.shape[0]
     assert tuple(int(c) for c in F.inertia()) == (n, 0, 0)
     assert float(F.logdet()[0]) == 1.0
@@ -68,7 +74,7 @@ def test_large_damping_is_positive_definite():
 
 def test_solve_many_rhs_with_vmap_and_jit():
     layers, params, z0, Hd = dense("stacked", 1e-2)
-    F = hessinv.factorize(layers, params, z0, damping=1e-2)
+    F = factorize(layers, params, z0, damping=1e-2)
     gs = [like(params, seed=s) for s in range(4)]
     G = jax.tree.map(lambda *a: jnp.stack(a), *gs)
     X = jax.jit(jax.vmap(F.solve))(G)
@@ -79,7 +85,7 @@ def test_solve_many_rhs_with_vmap_and_jit():
 
 def test_factorization_is_a_pytree_crossing_jit():
     layers, params, z0, Hd = dense("mlp", 0.1)
-    make = jax.jit(lambda p, z: hessinv.factorize(layers, p, z, damping=0.1))
+    make = jax.jit(lambda p, z: factorize(layers, p, z, damping=0.1))
     F = make(params, z0)
     g = like(params)
     x = jax.jit(lambda F, g: F.solve(g))(F, g)
@@ -92,7 +98,7 @@ def test_factorization_is_a_pytree_crossing_jit():
 def test_ihvp_under_jit_with_traced_damping():
     layers, params, z0, H = dense_case("pytree")
     g = like(params)
-    f = jax.jit(lambda p, z, g, lam: hessinv.ihvp(layers, p, z, g, damping=lam))
+    f = jax.jit(lambda p, z, g, lam: ihvp(layers, p, z, g, damping=lam))
     for lam in (0.0, 0.2):
         x = f(params, z0, g, lam)
         assert rel_err(flat(x), np.linalg.solve(H + lam * np.eye(len(H)), flat(g))) < 1e-10
@@ -104,7 +110,7 @@ def test_grad_through_ihvp_wrt_g():
     c = flat(like(params, seed=7))
 
     def objective(g):
-        return jnp.dot(c, flat(hessinv.ihvp(layers, params, z0, g, damping=0.1)))
+        return jnp.dot(c, flat(ihvp(layers, params, z0, g, damping=0.1)))
 
     grad = jax.grad(objective)(like(params))
     assert rel_err(flat(grad), np.linalg.solve(Hd, c)) < 1e-10
@@ -122,7 +128,7 @@ def test_grad_through_ihvp_wrt_params(curvature):
     g, c = like(params, seed=3), flat(like(params, seed=7))
 
     def ours(p):
-        return jnp.dot(c, flat(hessinv.ihvp(layers, p, z0, g, damping=0.5, curvature=curvature)))
+        return jnp.dot(c, flat(ihvp(layers, p, z0, g, damping=0.5, curvature=curvature)))
 
     def ref(p):
         if curvature == "hessian":
@@ -137,7 +143,7 @@ def test_grad_through_ihvp_wrt_params(curvature):
 
 def test_residual_via_matvec():
     layers, params, z0, _ = dense("stacked", 1e-3)
-    F = hessinv.factorize(layers, params, z0, damping=1e-3)
+    F = factorize(layers, params, z0, damping=1e-3)
     g = like(params)
     r = flat(F.matvec(F.solve(g))) - flat(g)
     assert np.linalg.norm(r) / np.linalg.norm(flat(g)) < 1e-11
@@ -155,7 +161,7 @@ def test_blocks_reused_for_many_dampings():
 def test_stage_data_reachable():
     """Per-stage data stays on the factorisation for later additions (selected inversion, ...)."""
     layers, params, z0 = PIPELINES["stacked"]()
-    F = hessinv.factorize(layers, params, z0, damping=0.1)
+    F = factorize(layers, params, z0, damping=0.1)
     seg = F.pipe.segments[1]
     st = F.stages[1]
     assert st.Q_uu.shape == (seg.n, seg.p, seg.p)
@@ -175,13 +181,13 @@ def test_single_layer_pipeline():
     params = [{"W": W}]
     H = np.asarray(jax.hessian(lambda w: quad(z0, {"W": w.reshape(3, 2)}))(W.ravel()))
     g = like(params)
-    x = hessinv.ihvp([quad], params, z0, g, damping=0.3)
+    x = ihvp([quad], params, z0, g, damping=0.3)
     assert rel_err(flat(x), np.linalg.solve(H + 0.3 * np.eye(6), flat(g))) < 1e-12
 
 
 def test_info_reports_healthy_factorisation():
     layers, params, z0 = PIPELINES["mlp"]()
-    info = hessinv.factorize(layers, params, z0, damping=0.1).info()
+    info = factorize(layers, params, z0, damping=0.1).info()
     assert bool(info.ok) and bool(info.factor_ok) and bool(info.finite)
     assert float(info.min_rcond) > 1e-6
     assert int(info.first_nonfinite_layer) == -1

@@ -1,6 +1,8 @@
 """Batch-block-diagonal A_l (hessinv._stage): the structured stage product is used only where
 A_l's off-diagonal blocks are exactly zero, and every answer still equals the dense reference."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,10 @@ import pytest
 from helpers import flat, like, ref_ggn, ref_hessian, rel_err, residual, separate_loss, stacked
 
 import hessinv
+
+# These tests are about the stage recursion: pin it (method="auto" may pick another route).
+ihvp = functools.partial(hessinv.ihvp, method="riccati")
+factorize = functools.partial(hessinv.factorize, method="riccati")
 from hessinv import _pipeline, _stage
 
 
@@ -69,8 +75,8 @@ def test_ihvp_factorize_logdet_inertia_match_dense(case, damping, request):
     assert np.linalg.cond(A) < 1e5 and ev.min() < 0  # well conditioned and indefinite
     g = like(params, seed=3)
     ref = np.linalg.solve(A, flat(g))
-    assert rel_err(flat(hessinv.ihvp(layers, params, z0, g, damping=damping)), ref) < 1e-10
-    F = hessinv.factorize(layers, params, z0, damping=damping)
+    assert rel_err(flat(ihvp(layers, params, z0, g, damping=damping)), ref) < 1e-10
+    F = factorize(layers, params, z0, damping=damping)
     assert rel_err(flat(F.solve(g)), ref) < 1e-10
     sign, logabs = F.logdet()
     s_ref, l_ref = np.linalg.slogdet(A)
@@ -122,7 +128,7 @@ def test_factorization_of_large_layers_matches_dense(every_layer_large, curvatur
         C = np.asarray(ref_hessian(layers, params, z0))
     A = C + damping * np.eye(len(C))
     assert np.linalg.cond(A) < 1e5
-    F = hessinv.factorize(layers, params, z0, damping=damping, curvature=curvature)
+    F = factorize(layers, params, z0, damping=damping, curvature=curvature)
     assert all(st.A_cl.shape[1:] == (0, 0) and st.S.shape[1:] == (0, 0) for st in F.stages)
     assert F.stages[1].A_blocks.shape[1:] == (8, 3, 3) and bool(F.stages[1].A_is_block.all())
     g = like(params, seed=7)

@@ -1,0 +1,324 @@
+"""The Gauss-Newton route in the output space (``method="gauss_newton"``, MATH.md section 7).
+
+For ``curvature="ggn"`` the matrix is ``G = Jᵀ Hℓ J``: ``J`` the ``(m × n)`` Jacobian of the
+network outputs (the active float leaves of the last layer's input, flattened; ``m = N·C``) in the flat
+parameters, ``Hℓ`` the ``(m × m)`` Hessian of the parameter-free loss ``ℓ`` in those outputs.
+``G`` has rank at most ``m``, so when ``m ≪ n`` everything about ``G + λI`` reduces to one
+``m × m`` matrix. The identities, and why they hold:
+
+* **A signed square root of Hℓ.** ``Hℓ = V diag(d) Vᵀ`` (``eigh``; ``m`` is small, no per-example
+  block structure needed). Eigenvalues with ``|d_i| ≤ m·eps·max|d|`` are rounding (softmax
+  cross-entropy has an exact zero per example) and are set to exactly 0; shapes stay ``m``. With
+  ``D = sign(d) ∈ {−1, 0, +1}`` and ``Z = diag(|d|^{1/2}) Vᵀ J`` (``m × n``),
+  ``G = Zᵀ D Z``. A zero eigenvalue gives a zero row of ``Z``, so ``D Z = E Z`` with ``E = D``
+  except ``E_i = +1`` where ``D_i = 0``: ``E ∈ {±1}``, ``E² = I`` and ``G = Zᵀ E Z`` too.
+
+* **Solve** (push-through). ``(λI_n + ZᵀDZ) Zᵀ = Zᵀ (λI_m + DZZᵀ)``, hence for any diagonal
+  ``D`` and ``λ ≠ 0``: ``(λI_n + ZᵀDZ)^{-1} = (1/λ)(I − Zᵀ (λI_m + DZZᵀ)^{-1} D Z)`` (multiply
+  out). ``λI_m + DZZᵀ = E (λE + ZZᵀ)`` and ``E D Z = Z``, so with the symmetric ``m × m``
+
+      K = λE + Z Zᵀ:        (G + λI)^{-1} g = (g − Zᵀ K^{-1} Z g) / λ.
+
+  Zero eigenvalues of ``Hℓ`` contribute nothing (zero rows of ``Z``, entry ``λ`` on ``K``'s
+  diagonal). For a PSD ``Hℓ`` (``E = I``) ``K = λI + ZZᵀ`` is SPD, MATH.md's form; for an
+  indefinite one ``K`` is indefinite, so it is factorised once by LU with partial pivoting.
+
+* **Log-determinant** (Sylvester, ``det(I_n + AB) = det(I_m + BA)``):
+  ``det(λI_n + ZᵀDZ) = λ^n det(I_m + DZZᵀ/λ) = λ^{n−m} det(E) det(K)``, so
+  ``sign = (−1)^{#(d<0)} sign(det K)`` and ``log|det| = (n − m) log λ + log|det K|`` (from the LU).
+
+* **Inertia.** ``P = ZZᵀ = U Σ² Uᵀ`` (``eigh``). The nonzero eigenvalues of ``ZᵀEZ`` (``n × n``)
+  are those of ``E Z Zᵀ = (E U Σ)(Σ Uᵀ)`` and hence of ``S = Σ Uᵀ E U Σ`` (``AB`` and ``BA``
+  share nonzero eigenvalues, twice), and ``S`` is symmetric ``m × m``. So the spectrum of
+  ``G + λI`` is ``λ + eig(S)`` and ``λ`` for the other ``n − m`` directions (when ``n < m``,
+  ``rank S ≤ n``: the ``m − n`` smallest ``|eig(S)|`` are the surplus zeros, dropped). The signs
+  are counted like a dense ``eigvalsh``: zero below ``rcond_tol`` times the largest ``|eig|``.
+
+Only ``λ > 0`` is supported: the route divides by ``λ`` and is exact only then (``G`` is
+singular when ``m < n``). A concrete ``λ ≤ 0`` raises; a traced one is reported by ``info()``.
+
+``J`` comes from one linearised forward pass through every layer but the loss (as in
+:func:`hessinv._hvp.ggn_vp`): ``m`` vjps (its transpose, vmapped over the output cotangents) when
+``m < n``, else ``n`` jvps. The outputs are the *active* leaves of the last layer's input
+(its :class:`~hessinv._flat.Spec`); the others (integer labels, floating targets carried
+unchanged from ``z0``) are constants of ``ℓ``: they never depend on the parameters, so this is
+exact. The flat parameter vector is :func:`hessinv._pipeline.to_rows`' per-segment row matrices,
+concatenated row-major.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg
+import numpy as np
+
+from . import _blocks, _flat, _pipeline
+from ._diagnostics import Info, rcond, route_code
+from ._errors import NonFiniteError, PipelineError, SingularPivotError
+from ._factorization import Factorization
+from ._linalg import sym
+
+# -- J and Hℓ -------------------------------------------------------------------------------------
+
+
+def _outputs(pipe: _pipeline.Pipeline, z0):
+    """``x ↦ (f, z)``: the active leaves ``f`` (length ``m``) of the last layer's input ``z`` as a
+    function of the flat parameters ``x``, every layer but the loss applied."""
+    last = pipe.segments[-1]
+
+    def phi(x):
+        z = z0
+        for seg, rows in zip(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x)):
+            z, _ = _pipeline.run_segment(seg, z, rows)
+        return _flat.ravel(last.in_spec, z, pipe.dtype), z
+
+    return phi
+
+
+def jacobian(pipe: _pipeline.Pipeline, x, z0):
+    """``(f, J, z)``: the outputs, their ``(m × n)`` Jacobian in ``x`` and the last layer's input.
+    One linearisation; then ``m`` vjps if ``m < n``, else ``n`` jvps, each vmapped."""
+    dt = pipe.dtype
+    f, jvp, z = jax.linearize(_outputs(pipe, z0), x, has_aux=True)
+    m, n = f.shape[0], x.shape[0]
+    if m < n:
+        vjp = jax.linear_transpose(jvp, x)
+        J = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(m, dtype=dt))
+    else:
+        J = jax.vmap(jvp, out_axes=1)(jnp.eye(n, dtype=dt))
+    return f, J, z
+
+
+def loss_hessian(pipe: _pipeline.Pipeline, f, z):
+    """``Hℓ``: the ``(m × m)`` Hessian of the parameter-free loss in the outputs ``f`` (the last
+    layer's input ``z`` with its active leaves replaced by ``f``; other leaves are constants)."""
+    last, dt = pipe.segments[-1], pipe.dtype
+    consts = _flat.constants(last.in_spec, z)
+    x_last = _flat.unravel(last.param_spec, jnp.zeros((0,), dt))
+
+    def ell(f):
+        return last.fn(_flat.unravel(last.in_spec, f, consts), x_last).astype(dt)
+
+    H_ell = jax.hessian(ell)(f)
+    return 0.5 * (H_ell + H_ell.T)
+
+
+def signed_root(H_ell):
+    """``(D, R)`` with ``Hℓ = Rᵀ diag(D) R``, ``D = sign(d) ∈ {−1, 0, +1}``, ``R = diag(|d|^{1/2}) Vᵀ``
+    from ``Hℓ = V diag(d) Vᵀ``; eigenvalues ``|d| ≤ m·eps·max|d|`` are set to exactly 0."""
+    m, dt = H_ell.shape[0], H_ell.dtype
+    d, V = jnp.linalg.eigh(H_ell)
+    tiny = jnp.abs(d) <= m * float(jnp.finfo(dt).eps) * jnp.max(jnp.abs(d))
+    d = jnp.where(tiny, jnp.zeros((), dt), d)
+    return jnp.sign(d), jnp.sqrt(jnp.abs(d))[:, None] * V.T
+
+
+def _E(D):
+    """``E``: ``D`` with its zeros replaced by ``+1`` (``E² = I``, ``E Z = D Z``)."""
+    return jnp.where(D < 0, -jnp.ones((), D.dtype), jnp.ones((), D.dtype))
+
+
+# -- the factorisation -----------------------------------------------------------------------------
+
+
+def _damping_message(pipe, lam) -> str:
+    m, n = pipe.segments[-1].a_in, _pipeline.n_params(pipe)
+    return (
+        f"method='gauss_newton' needs damping λ > 0, got λ = {lam}: the output-space route divides by λ "
+        f"and is exact only for λ > 0 (G = Jᵀ Hℓ J has rank at most m = {m} network outputs, n = {n} "
+        "parameters). Use damping > 0, or method='riccati'."
+    )
+
+
+def factorize(
+    pipe: _pipeline.Pipeline, layers, params, z0, damping, curvature: str = "ggn"
+) -> GaussNewtonFactorization:
+    """Factorise ``G + λI`` (``G`` the generalised Gauss-Newton matrix) in the output space.
+
+    Args:
+      pipe: ``_pipeline.build(layers, params, z0)`` (static).
+      layers: the layers ``pipe`` was built from (the computation runs on ``pipe``'s segments).
+      params, z0: the point of expansion.
+      damping: ``λ > 0``, a scalar; may be traced (``jit``, ``vmap``), then ``info()`` reports
+        ``λ ≤ 0`` as ``ok = False``.
+      curvature: must be ``"ggn"``.
+
+    Raises:
+      PipelineError: ``curvature != "ggn"``, the last layer has parameters, or the network has
+        no float outputs.
+      ValueError: a concrete ``λ ≤ 0``.
+    """
+    if curvature != "ggn":
+        raise PipelineError(
+            f"method='gauss_newton' solves the Gauss-Newton matrix only (got curvature={curvature!r}); "
+            "use curvature='ggn' or another method"
+        )
+    _blocks.check_curvature(pipe, "ggn")
+    if pipe.segments[-1].a_in == 0:
+        raise PipelineError(
+            f"method='gauss_newton': the input of {pipe.layer_name(pipe.n_layers - 1)} has no floating entries, "
+            "so the loss does not depend on the parameters"
+        )
+    if _pipeline.is_concrete(damping) and not np.all(np.asarray(damping) > 0):
+        raise ValueError(_damping_message(pipe, damping))
+    return _factorize_jit(pipe, list(params), z0, damping)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _factorize_jit(pipe, params, z0, damping):
+    dt = pipe.dtype
+    lam = jnp.asarray(damping, dt)
+    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), dt)
+    f, J, z = jacobian(pipe, x, z0)
+    D, R = signed_root(loss_hessian(pipe, f, z))
+    Z = R @ J
+    P = sym(Z @ Z.T)
+    lu, piv = jax.scipy.linalg.lu_factor(P + jnp.diag(lam * _E(D)))
+    return GaussNewtonFactorization(pipe, lam, Z, D, P, lu, piv)
+
+
+@jax.tree_util.register_pytree_node_class
+class GaussNewtonFactorization(Factorization):
+    """A reusable factorisation of ``G + λI`` in the output space (``method="gauss_newton"``). A pytree.
+
+    ``solve`` costs two ``m × n`` products and one ``m × m`` LU solve per right-hand side.
+
+    Attributes:
+      damping: ``λ``.
+      Z: ``(m, n)``, ``diag(|d|^{1/2}) Vᵀ J`` (``G = Zᵀ diag(D) Z``).
+      D: ``(m,)``, the signs of ``Hℓ``'s eigenvalues, ``−1, 0, +1``.
+      P: ``(m, m)``, ``Z Zᵀ``.
+      lu, piv: the LU factors (partial pivoting, LAPACK-style pivots) of ``K = λE + Z Zᵀ``.
+    """
+
+    route = "gauss_newton"
+
+    def __init__(self, pipe, damping, Z, D, P, lu, piv):
+        self._pipe = pipe
+        self.damping, self.Z, self.D, self.P, self.lu, self.piv = damping, Z, D, P, lu, piv
+
+    @property
+    def pipe(self):
+        return self._pipe
+
+    def tree_flatten(self):
+        return (self.damping, self.Z, self.D, self.P, self.lu, self.piv), self._pipe
+
+    @classmethod
+    def tree_unflatten(cls, pipe, children):
+        return cls(pipe, *children)
+
+    @property
+    def K(self):
+        """``λE + Z Zᵀ``, the ``m × m`` matrix the route inverts."""
+        return self.P + jnp.diag(self.damping * _E(self.D))
+
+    # -- solves and products ----------------------------------------------------------------------
+
+    def solve_rows(self, g_rows):
+        """:meth:`solve` on per-segment row matrices: ``(g − Zᵀ K^{-1} Z g) / λ``."""
+        g = _pipeline.rows_to_vector(g_rows, self.pipe.dtype)
+        t = jax.scipy.linalg.lu_solve((self.lu, self.piv), self.Z @ g)
+        return _pipeline.vector_to_rows(self.pipe, (g - self.Z.T @ t) / self.damping)
+
+    def apply_flat(self, x):
+        """``(G + λI) x = λx + Zᵀ D Z x`` on a flat vector."""
+        return self.damping * x + self.Z.T @ (self.D * (self.Z @ x))
+
+    def matvec(self, v):
+        """``(G + λI) v``; ``v`` shaped like params."""
+        return _matvec(self, list(v))
+
+    # -- what the m × m matrices tell --------------------------------------------------------------
+
+    def rcond_tol(self):
+        """``max(m, 1)·eps(dtype)``."""
+        return jnp.asarray(max(self.pipe.segments[-1].a_in, 1) * float(jnp.finfo(self.pipe.dtype).eps), self.pipe.dtype)
+
+    def _logdet(self):
+        """``(−1)^{#(d<0)} sign(det K)`` and ``(n − m) log λ + log|det K|``."""
+        dt = self.pipe.dtype
+        m, n = self.Z.shape
+        u = jnp.diagonal(self.lu)
+        swaps = jnp.sum(self.piv != jnp.arange(m, dtype=self.piv.dtype)) + jnp.sum(self.D < 0)
+        sign = jnp.prod(jnp.sign(u)) * jnp.where(swaps % 2 == 1, -jnp.ones((), dt), jnp.ones((), dt))
+        return sign, (n - m) * jnp.log(self.damping) + jnp.sum(jnp.log(jnp.abs(u)))
+
+    def output_eigvalsh(self):
+        """The eigenvalues ``λ + eig(S)`` of ``G + λI`` off the ``n − m`` directions where it is
+        ``λ`` (``min(m, n)`` of them, ascending; see the module docstring)."""
+        m, n = self.Z.shape
+        s2, U = jnp.linalg.eigh(self.P)
+        s = jnp.sqrt(jnp.maximum(s2, 0))
+        S = s[:, None] * ((U.T * _E(self.D)[None, :]) @ U) * s[None, :]
+        mu = jnp.linalg.eigvalsh(sym(S))
+        if n < m:  # rank S ≤ n: drop the m − n surplus zeros
+            mu = jnp.sort(mu[jnp.argsort(jnp.abs(mu))[m - n :]])
+        return self.damping + mu
+
+    def _inertia(self):
+        m, n = self.Z.shape
+        ev, extra = self.output_eigvalsh(), max(n - m, 0)
+        lam = self.damping
+        top = jnp.max(jnp.abs(ev))
+        if extra:
+            top = jnp.maximum(top, jnp.abs(lam))
+        thr = self.rcond_tol() * top
+        zero = jnp.abs(ev) <= thr
+        lam_zero = jnp.abs(lam) <= thr
+        pos = jnp.sum((ev > 0) & ~zero, dtype=jnp.int32) + jnp.where((lam > 0) & ~lam_zero, extra, 0).astype(jnp.int32)
+        neg = jnp.sum((ev < 0) & ~zero, dtype=jnp.int32) + jnp.where((lam < 0) & ~lam_zero, extra, 0).astype(jnp.int32)
+        n_zero = jnp.sum(zero, dtype=jnp.int32) + jnp.where(lam_zero, extra, 0).astype(jnp.int32)
+        return pos, neg, n_zero
+
+    def _info(self) -> Info:
+        """``min_rcond`` is ``min|eig K| / max|eig K|`` of ``K = λE + Z Zᵀ``, the ``m × m`` matrix
+        the route inverts; ``rcond_tol = max(m, 1)·eps``. ``ok`` also needs ``λ > 0``;
+        ``factor_ok`` (``logdet``, ``inertia``) needs only ``λ > 0`` and finite factors (a
+        singular ``K`` gives ``log|det| = −inf`` and zero eigenvalues). There are no per-layer
+        pivots: ``worst_layer`` and ``first_nonfinite_layer`` are -1."""
+        tol = self.rcond_tol()
+        min_rc = rcond(jnp.linalg.eigvalsh(self.K))
+        lam_ok = self.damping > 0
+        finite = jnp.isfinite(self.damping)
+        for a in (self.Z, self.D, self.lu):
+            finite &= jnp.all(jnp.isfinite(a))
+        none = jnp.array(-1, jnp.int32)
+        ok = finite & (min_rc > tol) & lam_ok
+        return Info(ok, finite & lam_ok, finite, min_rc, none, none, tol, route_code(self.route))
+
+    def _raise_for(self, info: Info, need: str) -> None:
+        """Raise ``SingularPivotError`` (``λ ≤ 0``, or a singular ``K`` for a solve) or
+        ``NonFiniteError``, naming the route; silent under a trace."""
+        if not _pipeline.is_concrete(info, self.damping):
+            return
+        info = jax.tree.map(np.asarray, info)
+        if not np.all(np.asarray(self.damping) > 0):
+            raise SingularPivotError(_damping_message(self.pipe, np.asarray(self.damping)))
+        rc = np.asarray(info.min_rcond)
+        where = f"the input of {self.pipe.layer_name(self.pipe.n_layers - 1)}"
+        if not np.all(info.finite) and np.any(np.isnan(rc)):
+            raise NonFiniteError(
+                f"method='gauss_newton': NaN or inf in the Jacobian J of the network outputs ({where}) or in the "
+                "loss Hessian Hℓ"
+            )
+        if need == "solve" and np.any(rc <= np.asarray(info.rcond_tol)):
+            m = self.pipe.segments[-1].a_in
+            raise SingularPivotError(
+                f"method='gauss_newton' cannot solve: the m × m output-space matrix K = λE + Z Zᵀ (m = {m}) is "
+                f"singular or numerically singular (reciprocal condition {float(np.min(rc)):.3g} <= "
+                f"{float(np.max(info.rcond_tol)):.3g}), so G + λI is (numerically) singular: λ is negligible next "
+                "to G, or cancels one of its negative eigenvalues (indefinite Hℓ). Change the damping."
+            )
+        if not np.all(info.finite):
+            raise NonFiniteError("method='gauss_newton': NaN or inf in the factorisation of G + λI")
+
+
+@jax.jit
+def _matvec(F, v):
+    pipe = F.pipe
+    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, v), pipe.dtype)
+    return _pipeline.from_rows(pipe, _pipeline.vector_to_rows(pipe, F.apply_flat(x)))

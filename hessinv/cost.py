@@ -1,0 +1,156 @@
+"""The cost model behind ``method="auto"``: which exact route is cheapest for a pipeline.
+
+Every route gives the same answer to rounding (MATH.md section 7), so the choice changes only
+the time. It is made at trace time from the static shapes alone (``a_l``, ``p_l``, ``n``, the
+number ``m`` of network outputs, the batch size), as
+
+    seconds ≈ flops / rate + sequential steps × step
+
+with two constants per backend (:class:`Machine`): ``rate``, the floating-point rate the route's
+kernels reach, and ``step``, the fixed cost of one step of a sequential loop (a ``lax.scan``
+iteration over a layer: kernel launches on an accelerator, thunk dispatch on a CPU). The
+constants were fitted to the ``shapes`` benchmark (``python -m benchmarks.run --suite shapes``,
+``docs/performance.md``); pass your own :class:`Machine` as ``machine=`` to override them.
+
+The flop counts (documented per route below) are estimates: a layer's forward cost is taken as
+``2 · p_l · N_l`` (every parameter used once per example, ``N_l`` the batch size), which is exact
+for dense layers and an underestimate for convolutions; that is enough to separate the routes,
+whose costs differ by orders of magnitude away from the crossovers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+
+from . import _pipeline, _stage
+
+ROUTES_AUTO = ("riccati", "dense", "gauss_newton")
+
+
+class Machine(NamedTuple):
+    """Constants of the cost model: ``rate`` in flop/s, ``step`` in seconds per sequential step,
+    ``dense_bytes``: the most memory the dense route may take for ``C`` and its factors."""
+
+    rate: float
+    step: float
+    dense_bytes: float = 2e9
+
+
+#: Fitted on 2 CPU cores (float64) and, for accelerators, from the recorded H200 runs: there a
+#: scan step costs about 100 µs (the core benchmark is launch-bound) while the rate is far higher.
+MACHINES = {
+    "cpu": Machine(rate=2.0e10, step=4.0e-5),
+    "gpu": Machine(rate=2.0e12, step=1.0e-4, dense_bytes=2e10),
+    "tpu": Machine(rate=2.0e12, step=1.0e-4, dense_bytes=8e9),
+}
+
+
+def machine(backend: str | None = None) -> Machine:
+    backend = backend or jax.default_backend()
+    return MACHINES.get(backend, MACHINES["gpu" if backend not in ("cpu",) else "cpu"])
+
+
+def _batch(spec) -> int:
+    """The leading length of the first active leaf (the batch size, for the usual layers)."""
+    for shape, f in zip(spec.shapes, spec.is_active):
+        if f and shape:
+            return shape[0]
+    return 1
+
+
+def forward_flops(seg: _pipeline.Segment) -> float:
+    """One layer's forward cost: ``2 p N`` (a dense layer's), at least its output size."""
+    return float(max(2 * seg.p * _batch(seg.out_spec), seg.a_out))
+
+
+def riccati_flops(pipe: _pipeline.Pipeline, curvature: str) -> float:
+    """The stage recursion (MATH.md section 3), per layer: the blocks ``M_l = [A_l B_l]`` by
+    ``min(a_out, a_in + p)`` forward/backward passes, ``K_l`` by ``a_in + p`` reverse-over-reverse
+    passes (Hessian only), the stage products ``Mᵀ S M`` (with a batch-block-diagonal ``A_l``:
+    ``O(a² (w + p))``), the pivot LU ``⅔ p³ + 2 p² a_in`` and the ``S`` update ``2 a_in² p``."""
+    total = 0.0
+    for j, seg in enumerate(pipe.segments):
+        a_in, a_out, p = seg.a_in, seg.a_out, seg.p
+        m, f = a_in + p, forward_flops(seg)
+        blocks = 3 * f * min(a_out, m)
+        if curvature == "hessian" or j == len(pipe.segments) - 1:
+            blocks += 6 * f * m
+        bb = _stage.batch_blocks(seg)
+        if bb is not None:  # A_l applied block by block
+            _, wo, wi = bb
+            stage = 2 * a_out * a_in * (wo + wi) + 2 * a_out * a_out * p + 2 * a_in * wo * p + 2 * p * p * a_out
+        else:
+            stage = 2 * a_out * a_out * m + 2 * m * m * a_out
+        stage += (2 / 3) * p**3 + 3 * p * p * a_in + 4 * a_in * a_in * p
+        total += seg.n * (blocks + stage)
+    return total
+
+
+def dense_flops(pipe: _pipeline.Pipeline, curvature: str) -> float:
+    """The dense route, factorise once and solve once:
+
+    * Hessian: ``n`` forward-over-reverse hvps (``jacfwd(grad)``), each about four forward
+      passes; it is indefinite away from a minimum, so it is charged the failing Cholesky and
+      the LU fallback, ``n³/3 + 2n³/3``;
+    * GGN: ``J`` by ``min(n, m)`` passes of the body (``m`` the network outputs), ``Hℓ`` by ``m``
+      passes of the loss, ``Jᵀ (Hℓ J)`` by ``2 m² n + 2 m n²``; ``G + λI`` is positive definite,
+      so one Cholesky, ``n³/3``.
+    """
+    n = _pipeline.n_params(pipe)
+    if curvature == "ggn":
+        body, m = pipe.segments[:-1], pipe.segments[-1].a_in
+        fwd_body = sum(seg.n * forward_flops(seg) for seg in body)
+        form = 3 * min(n, m) * fwd_body + 4 * m * forward_flops(pipe.segments[-1]) + 2 * m * m * n + 2 * m * n * n
+        return form + n**3 / 3 + 2 * n * n
+    return 4 * n * _forward(pipe) + n**3 + 2 * n * n
+
+
+def dense_bytes(pipe: _pipeline.Pipeline) -> float:
+    """Peak memory of the dense route: ``C`` and its Cholesky and LU factors (``3 n²`` numbers),
+    and while ``C`` is formed the tangents of every activation in all ``n`` directions at once
+    (``n Σ_l a_l``: the vmapped ``jacfwd`` keeps them)."""
+    n = _pipeline.n_params(pipe)
+    activations = sum(seg.n * seg.a_out for seg in pipe.segments)
+    return jax.numpy.dtype(pipe.dtype).itemsize * (3 * n * n + n * activations)
+
+
+def _forward(pipe: _pipeline.Pipeline) -> float:
+    return sum(seg.n * forward_flops(seg) for seg in pipe.segments)
+
+
+def gauss_newton_flops(pipe: _pipeline.Pipeline) -> float:
+    """Gauss-Newton in the output space: ``J`` by ``min(m, n)`` passes, ``Z Zᵀ`` (``2 m² n``)
+    and the ``m × m`` factorisations (``≈ 5 m³`` with the eigendecomposition of ``Hℓ``)."""
+    n, m = _pipeline.n_params(pipe), pipe.segments[-1].a_in
+    return 3 * _forward(pipe) * min(m, n) + 2 * m * m * n + 4 * m * n + 5 * m**3
+
+
+def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine) -> float:
+    """Estimated seconds of one factorisation + solve by ``route`` (``inf`` where it does not
+    apply or would not fit)."""
+    n = _pipeline.n_params(pipe)
+    itemsize = jax.numpy.dtype(pipe.dtype).itemsize
+    if route == "riccati":
+        return riccati_flops(pipe, curvature) / mach.rate + pipe.n_layers * mach.step
+    if route == "dense":
+        if dense_bytes(pipe) > mach.dense_bytes:
+            return math.inf
+        return dense_flops(pipe, curvature) / mach.rate + 10 * mach.step
+    if route == "gauss_newton":
+        m = pipe.segments[-1].a_in
+        if curvature != "ggn" or 3 * m * n * itemsize > mach.dense_bytes:
+            return math.inf
+        return gauss_newton_flops(pipe) / mach.rate + 10 * mach.step
+    raise ValueError(route)
+
+
+def choose(pipe: _pipeline.Pipeline, curvature: str, *, positive_damping: bool, mach: Machine | None = None) -> str:
+    """The cheapest exact route. ``gauss_newton`` needs ``λ > 0``: pass ``positive_damping=False``
+    when the damping is known to be 0 (a traced damping counts as positive; the route's ``Info``
+    then reports ``λ ≤ 0`` as not ok)."""
+    mach = mach or machine()
+    routes = [r for r in ROUTES_AUTO if r != "gauss_newton" or (curvature == "ggn" and positive_damping)]
+    return min(routes, key=lambda r: estimate(pipe, curvature, r, mach))

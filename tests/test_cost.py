@@ -1,0 +1,59 @@
+"""``method="auto"``: the cost model's choice at clear-cut shapes, its overrides, and that auto
+and every forced route give the same answer (the choice never changes a result)."""
+
+import jax
+import numpy as np
+from helpers import flat, like, ref_ggn, rel_err
+
+import hessinv
+from benchmarks.shapes import regression
+from hessinv import _pipeline, cost
+
+
+def choose(batch, width, depth, curvature="hessian", damping=1e-3, **kw):
+    layers, params, z0 = regression(batch, width, depth)
+    pipe = _pipeline.build(layers, params, z0)
+    return hessinv.route(layers, params, z0, damping=damping, curvature=curvature), pipe
+
+
+def test_deep_narrow_takes_the_stage_recursion():
+    # n = 256·20 + ... ≈ 5000 parameters, a = 16: the recursion is ~100x fewer flops than dense
+    r, pipe = choose(4, 4, 256)
+    assert r == "riccati" and _pipeline.n_params(pipe) > 5000
+
+
+def test_few_parameters_large_batch_take_the_dense_matrix():
+    # n = 65 parameters, a = 1024: S_l alone would be 1024 × 1024 per layer
+    r, pipe = choose(256, 4, 2)
+    assert r == "dense" and _pipeline.n_params(pipe) < 100
+
+
+def test_gauss_newton_with_few_outputs_takes_the_output_space():
+    r, pipe = choose(128, 8, 8, curvature="ggn")  # m = 128 outputs (targets carried), n = 649
+    assert r == "gauss_newton" and pipe.segments[-1].a_in == 128
+    # λ = 0 rules it out: the output-space route needs λ > 0
+    assert choose(128, 8, 8, curvature="ggn", damping=0.0)[0] != "gauss_newton"
+    assert choose(128, 8, 8, curvature="hessian")[0] != "gauss_newton"
+
+
+def test_machine_constants_are_overridable():
+    _, pipe = choose(4, 4, 256)
+    launch_bound = cost.Machine(rate=1e10, step=1.0)  # one second per sequential step
+    assert cost.choose(pipe, "hessian", positive_damping=True, mach=launch_bound) == "dense"
+    assert cost.estimate(pipe, "hessian", "dense", cost.Machine(1e10, 1e-5, dense_bytes=1.0)) == float("inf")
+
+
+def test_auto_and_every_route_agree_and_info_names_the_route():
+    layers, params, z0 = regression(16, 3, 3)
+    g, lam = like(params, seed=3), 0.05
+    G = np.asarray(ref_ggn(layers, params, z0))  # its targets ride in z0 as a float leaf
+    want = np.linalg.solve(G + lam * np.eye(len(G)), np.asarray(flat(g)))
+    for method in ("auto", "riccati", "dense", "gauss_newton"):
+        x, info = hessinv.ihvp(layers, params, z0, g, damping=lam, curvature="ggn", method=method, return_info=True)
+        assert rel_err(flat(x), want) < 1e-9, method
+        expect = hessinv.route(layers, params, z0, damping=lam, curvature="ggn") if method == "auto" else method
+        assert info.route_name == expect and bool(info.ok)
+    # auto under jit, with a traced damping
+    f = jax.jit(lambda p, lam: hessinv.ihvp(layers, p, z0, g, damping=lam, curvature="ggn"))
+    assert rel_err(flat(f(params, lam)), want) < 1e-9
+

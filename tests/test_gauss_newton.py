@@ -1,0 +1,283 @@
+"""The Gauss-Newton output-space route (method="gauss_newton") against dense GGN algebra.
+
+References are independent of hessinv's pipeline machinery: ``ref_ggn`` (helpers) for
+``{"h", "y"}`` activations and ``dense_ggn`` below for any pytree, both ``Jᵀ ∇²ℓ J`` from
+``jax.jacobian`` / ``jax.hessian`` of the plain composition in ``ravel_pytree`` order.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import (
+    _dense_params,
+    dense_tanh,
+    flat,
+    like,
+    logits_layer,
+    mlp,
+    pytree_pipeline,
+    ref_ggn,
+    ref_loss,
+    rel_err,
+    separate_loss,
+    stacked,
+)
+from jax.flatten_util import ravel_pytree
+
+import hessinv
+from hessinv import _gauss_newton as gn
+from hessinv import _pipeline
+from hessinv._diagnostics import ROUTES
+
+# -- parameter-free losses and pipelines -------------------------------------------------------
+
+
+def cos_loss(z, x):
+    """Nonconvex: ``Hℓ = diag(−4 cos(2h))`` on the first two logits (both signs), and exactly 0 on
+    the third (a zero row of ``Hℓ`` next to negative eigenvalues: ``D`` takes all of −1, 0, +1)."""
+    return jnp.sum(jnp.cos(2.0 * z["h"][:, :2]))
+
+
+def stream_pred(z, x):
+    return {"p": z["a"] @ x["w"] + jnp.sum(z["b"], axis=-1) * x["v"], "t": z["t"]}
+
+
+def mse_loss(z, x):
+    """Float targets ``t`` from z0 in the loss input: constants for the route (carried leaves),
+    outputs with zero Jacobian rows for ``dense_ggn``; the same G either way."""
+    return 0.5 * jnp.mean((z["p"] - z["t"]) ** 2)
+
+
+_X = jax.random.normal(jax.random.PRNGKey(7), (6, 1))
+_T = jnp.sin(3.0 * _X[:, 0])
+
+
+def regression_loss(z, x):
+    return 0.5 * jnp.mean((z["h"][:, 0] - _T) ** 2)
+
+
+def regression():
+    """1-D tanh MLP, MSE on closed-over targets: m = 6 outputs, n = 321 parameters."""
+    ks = jax.random.split(jax.random.PRNGKey(8), 3)
+    layers = [dense_tanh, dense_tanh, logits_layer, regression_loss]
+    params = [
+        _dense_params(ks[0], 1, 16, jnp.float64, 2.0),
+        _dense_params(ks[1], 16, 16, jnp.float64, 1.5),
+        _dense_params(ks[2], 16, 1, jnp.float64),
+        {},
+    ]
+    return layers, params, {"h": _X, "y": jnp.zeros(6, jnp.int32)}
+
+
+def case(name, dtype=jnp.float64):
+    if name == "xent":  # softmax cross-entropy: singular Hℓ
+        layers, params, z0 = mlp(dtype=dtype)
+        return (*separate_loss(layers, params), z0)
+    if name == "stacked":
+        layers, params, z0 = stacked()
+        return (*separate_loss(layers, params), z0)
+    if name == "wide_batch":  # m = 48 >= n = 15: the jvp path, and n < m in logdet/inertia
+        layers, params, z0 = mlp(widths=(2, 2), B=16)
+        return (*separate_loss(layers, params), z0)
+    if name == "cosine":
+        layers, params, z0 = mlp()
+        return list(layers[:-1]) + [logits_layer, cos_loss], list(params) + [{}], z0
+    if name == "pytree":
+        layers, params, z0 = pytree_pipeline()
+        return list(layers[:-1]) + [stream_pred, mse_loss], list(params) + [{}], z0
+    if name == "regression":
+        return regression()
+    raise KeyError(name)
+
+
+def dense_ggn(layers, params, z0):
+    """``Jᵀ ∇²ℓ J`` for any pytree activations (float leaves of the loss input are outputs)."""
+    flat0, unravel = ravel_pytree(list(params))
+    z = ref_loss(layers[:-1], unravel(flat0)[:-1], z0)
+    leaves, treedef = jax.tree.flatten(z)
+    is_f = [jnp.issubdtype(a.dtype, jnp.inexact) for a in leaves]
+
+    def outputs(t):
+        zl = jax.tree.leaves(ref_loss(layers[:-1], unravel(t)[:-1], z0))
+        return jnp.concatenate([a.ravel() for a, f in zip(zl, is_f) if f])
+
+    def ell(u):
+        out, i = [], 0
+        for a, f in zip(leaves, is_f):
+            out.append(u[i : i + a.size].reshape(a.shape) if f else a)
+            i += a.size if f else 0
+        return layers[-1](jax.tree.unflatten(treedef, out), params[-1])
+
+    J = jax.jacobian(outputs)(flat0)
+    return J.T @ jax.hessian(ell)(outputs(flat0)) @ J
+
+
+@functools.cache
+def dense(name):
+    layers, params, z0 = case(name)
+    ref = dense_ggn if name == "pytree" else ref_ggn
+    return layers, params, z0, np.asarray(jax.jit(lambda p: ref(layers, p, z0))(params))
+
+
+def factorize(layers, params, z0, damping, **kw):
+    return hessinv.factorize(layers, params, z0, damping=damping, **{"curvature": "ggn", **kw}, method="gauss_newton")
+
+
+# -- the identities ----------------------------------------------------------------------------
+
+
+def test_push_through_identity_with_zero_and_negative_signs():
+    """(λI + ZᵀDZ)^{-1} = (I − Zᵀ(λI + DZZᵀ)^{-1}DZ)/λ for any diagonal D, and with zero rows of
+    Z where D = 0 the symmetric form (I − Zᵀ(λE + ZZᵀ)^{-1}Z)/λ; the determinant lemma too."""
+    rng = np.random.default_rng(0)
+    m, n, lam = 6, 10, 0.7
+    D = np.array([1.0, -1.0, 0.0, 1.0, 0.0, -1.0])
+    Z = rng.standard_normal((m, n))
+    want = np.linalg.inv(lam * np.eye(n) + Z.T @ np.diag(D) @ Z)
+    got = (np.eye(n) - Z.T @ np.linalg.solve(lam * np.eye(m) + np.diag(D) @ Z @ Z.T, np.diag(D) @ Z)) / lam
+    assert rel_err(got, want) < 1e-13
+    Z[D == 0] = 0.0
+    E = np.where(D < 0, -1.0, 1.0)
+    A = lam * np.eye(n) + Z.T @ np.diag(D) @ Z
+    K = lam * np.diag(E) + Z @ Z.T
+    assert rel_err((np.eye(n) - Z.T @ np.linalg.solve(K, Z)) / lam, np.linalg.inv(A)) < 1e-13
+    s, ld = np.linalg.slogdet(A)
+    sK, ldK = np.linalg.slogdet(K)
+    assert s == sK * np.prod(E)
+    np.testing.assert_allclose(ld, (n - m) * np.log(lam) + ldK, rtol=1e-13)
+
+
+# -- against dense -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, damping",
+    [("xent", 0.1), ("stacked", 0.05), ("pytree", 0.2), ("regression", 1e-2), ("wide_batch", 0.1), ("cosine", 0.3)],
+)
+def test_matches_dense(name, damping):
+    """solve, matvec, logdet, inertia against the dense G + λI (float64)."""
+    layers, params, z0, G = dense(name)
+    A = G + damping * np.eye(len(G))
+    ev = np.linalg.eigvalsh(A)
+    # backward-stable solves are accurate to ~cond·eps; these are moderately conditioned
+    assert np.abs(ev).max() / np.abs(ev).min() < 1e5
+    F = factorize(layers, params, z0, damping)
+    g = like(params)
+    x = F.solve(g)
+    assert jax.tree.structure(x) == jax.tree.structure(list(params))
+    assert rel_err(flat(x), np.linalg.solve(A, flat(g))) < 1e-9
+    assert rel_err(flat(F.matvec(g)), A @ flat(g)) < 1e-12
+    sign, logabs = F.logdet()
+    s_ref, l_ref = np.linalg.slogdet(A)
+    assert float(sign) == s_ref
+    np.testing.assert_allclose(logabs, l_ref, rtol=1e-10, atol=1e-9)
+    assert tuple(int(c) for c in F.inertia()) == (int((ev > 0).sum()), int((ev < 0).sum()), 0)
+    m, n = F.Z.shape
+    assert m == F.pipe.segments[-1].a_in and n == len(G)
+    if name == "xent":  # softmax: a zero eigenvalue of Hℓ per example, dropped exactly
+        assert int(jnp.sum(F.D == 0)) == z0["y"].shape[0] and bool(jnp.all(F.D >= 0))
+    if name == "cosine":  # indefinite Hℓ with zeros, and an indefinite G + λI
+        assert {float(d) for d in F.D} == {-1.0, 0.0, 1.0}
+        assert ev.min() < 0 < ev.max()
+    if name == "regression":
+        assert (m, n) == (6, 321)
+
+
+def test_float32():
+    """float32 throughout; against the float64 dense GGN at the same (float32-valued) point.
+    cond(G + λI) < 1e2 and each step (J, eigh, LU) is backward stable, so the error is
+    ≲ cond · (a few eps32 ≈ 1e-7) ≈ 1e-5: 1e-4 is a real check with headroom."""
+    layers, params, z0 = case("xent", jnp.float32)
+    up = lambda t: jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)  # noqa: E731
+    G = np.asarray(jax.jit(lambda p: ref_ggn(layers, p, up(z0)))(up(params)))
+    A = G + 1.0 * np.eye(len(G))
+    assert np.linalg.cond(A) < 1e2
+    F = factorize(layers, params, z0, 1.0)
+    g = like(params)
+    x = F.solve(g)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(x))
+    assert rel_err(flat(x), np.linalg.solve(A, flat(g).astype(np.float64))) < 1e-4
+    np.testing.assert_allclose(F.logdet()[1], np.linalg.slogdet(A)[1], rtol=1e-5)
+
+
+def test_singular_damped_matrix():
+    """Hℓ = −I and J = I, λ = 1: G + λI = 0 exactly. K = 0, so a solve raises; logdet is −inf
+    and every eigenvalue counts as zero."""
+
+    def features(z, x):
+        return {"h": x["w"] + 0.0 * z["h"]}
+
+    def neg_loss(z, x):
+        return -0.5 * jnp.sum(z["h"] ** 2)
+
+    layers, params, z0 = [features, neg_loss], [{"w": jnp.array([1.0, 2.0])}, {}], {"h": jnp.zeros(2)}
+    F = factorize(layers, params, z0, 1.0)
+    info = F.info()
+    assert not bool(info.ok) and bool(info.factor_ok) and float(info.min_rcond) == 0.0
+    with pytest.raises(hessinv.SingularPivotError, match=r"method='gauss_newton' cannot solve"):
+        F.solve(list(params))
+    assert float(F.logdet()[1]) == -np.inf
+    assert tuple(int(c) for c in F.inertia()) == (0, 0, 2)
+
+
+# -- jit, vmap, damping ------------------------------------------------------------------------
+
+
+def test_vmap_jit_and_traced_damping():
+    layers, params, z0, G = dense("xent")
+    gs = [like(params, seed=s) for s in range(3)]
+    F = factorize(layers, params, z0, 0.1)
+    X = jax.vmap(F.solve)(jax.tree.map(lambda *a: jnp.stack(a), *gs))
+    A = G + 0.1 * np.eye(len(G))
+    for i, g in enumerate(gs):
+        assert rel_err(flat(jax.tree.map(lambda a: a[i], X)), np.linalg.solve(A, flat(g))) < 1e-9
+
+    pipe, g = F.pipe, gs[0]
+    solve = jax.jit(jax.vmap(lambda lam: gn.factorize(pipe, tuple(layers), params, z0, lam).solve(g)))
+    lams = jnp.array([0.1, 0.5])
+    X = solve(lams)
+    for i, lam in enumerate(lams):
+        A = G + float(lam) * np.eye(len(G))
+        assert rel_err(flat(jax.tree.map(lambda a: a[i], X)), np.linalg.solve(A, flat(g))) < 1e-9
+
+
+def test_info_route_and_damping_must_be_positive():
+    layers, params, z0, _ = dense("xent")
+    pipe = _pipeline.build(layers, params, z0)
+    make = jax.jit(lambda lam: gn.factorize(pipe, tuple(layers), params, z0, lam))
+    F = make(0.1)
+    assert isinstance(F, gn.GaussNewtonFactorization) and isinstance(F, hessinv.Factorization)
+    info = F.info()
+    assert ROUTES[int(info.route)] == "gauss_newton" == info.route_name == F.route
+    assert bool(info.ok) and int(info.worst_layer) == -1 and int(info.first_nonfinite_layer) == -1
+    assert info.first_nonfinite_layer.dtype == jnp.int32
+    F0 = make(0.0)  # traced λ = 0: reported, not raised
+    info = F0.info()
+    assert not bool(info.ok) and not bool(info.factor_ok)
+    for call in (lambda: F0.solve(list(params)), F0.logdet, F0.inertia):
+        with pytest.raises(hessinv.SingularPivotError, match=r"method='gauss_newton' needs damping λ > 0"):
+            call()
+    for lam in (0.0, -0.1):
+        with pytest.raises(ValueError, match=r"method='gauss_newton' needs damping λ > 0"):
+            gn.factorize(pipe, tuple(layers), params, z0, lam)
+
+
+def test_curvature_and_loss_layer_errors():
+    layers, params, z0 = case("xent")
+    with pytest.raises(hessinv.PipelineError, match=r"solves the Gauss-Newton matrix only.*curvature='ggn'"):
+        factorize(layers, params, z0, 0.1, curvature="hessian")
+    layers, params, z0 = mlp()  # the loss carries weight decay: not parameter-free
+    with pytest.raises(hessinv.PipelineError, match=r"parameter-free loss"):
+        factorize(layers, params, z0, 0.1)
+
+
+def test_flat_rows_round_trip():
+    layers, params, z0 = case("stacked")
+    pipe = _pipeline.build(layers, params, z0)
+    assert (pipe.segments[-1].a_in, _pipeline.n_params(pipe)) == (15, len(flat(params)))
+    rows = _pipeline.to_rows(pipe, like(params))
+    back = _pipeline.vector_to_rows(pipe, _pipeline.rows_to_vector(rows, pipe.dtype))
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(rows, back))
