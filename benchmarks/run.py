@@ -2,7 +2,8 @@
 
     python -m benchmarks.run --suite quick    # every suite, small sizes (< 2 min on 2 CPU cores)
     python -m benchmarks.run --suite full     # every suite, full sizes (~10 min on 2 CPU cores)
-    python -m benchmarks.run --suite core     # issue 2's benchmark (same as python -m benchmarks.core)
+    python -m benchmarks.run --suite core     # the depth benchmark (same as python -m benchmarks.core)
+    python -m benchmarks.run --suite shapes   # every exact route and auto by shape (benchmarks/shapes.py)
     python -m benchmarks.run --suite full --only depth memory   # a subset
 
 Suites (all on the tanh MLP of :func:`benchmarks.common.mlp`, batch 4 / width 4 unless varied):
@@ -539,7 +540,7 @@ def plot(rec, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="hessinv benchmark suites")
-    ap.add_argument("--suite", choices=("quick", "full", "core", "woodbury"), default="quick")
+    ap.add_argument("--suite", choices=("quick", "full", "core", "woodbury", "shapes"), default="quick")
     ap.add_argument("--only", nargs="*", choices=SUITE_NAMES, default=list(SUITE_NAMES))
     ap.add_argument(
         "--krylov-maxiter", type=int, help="cap on CG/GMRES hvps (default: 500 quick, 1000 full; 300 on GPU/TPU)"
@@ -548,10 +549,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.suite == "core":
         core.run(core.FULL_LS, write=not a.no_write)
-    elif a.suite == "woodbury":  # issue 3: the paper's route vs the default and dense, L = 16 … 4096
+    elif a.suite == "woodbury":  # the paper's route vs the default and dense, L = 16 … 4096
         from . import woodbury
 
         woodbury.main()
+    elif a.suite == "shapes":  # every exact route and auto over batch × width × depth
+        from . import shapes
+
+        shapes.main([] if not a.no_write else ["--no-write"])
     else:
         run(a.suite, tuple(a.only), write=not a.no_write, krylov_maxiter=a.krylov_maxiter)
 

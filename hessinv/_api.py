@@ -84,7 +84,24 @@ def route(
     """The exact route ``ihvp``/``factorize`` take for this pipeline: ``method`` itself, or for
     ``method="auto"`` the cheapest by the cost model of :mod:`hessinv.cost` (static shapes only,
     so it is decided at trace time and never depends on the numbers)."""
-    return _route(_pipeline.build(layers, params, z0), method, curvature, damping)
+    pipe = _pipeline.build(layers, params, z0)
+    return _route(pipe, method, curvature, _damping(pipe, damping))
+
+
+def _damping(pipe, damping) -> jax.Array:
+    """``λ`` validated (a real scalar; finite where it is concrete) and cast once to the pipeline's
+    dtype. Negative values are allowed: ``C − σI`` shifts are how spectra are probed."""
+    try:
+        dt = jnp.result_type(damping)
+    except (TypeError, ValueError):
+        raise TypeError(f"damping must be a real scalar, got {type(damping).__name__} {damping!r}") from None
+    if jnp.issubdtype(dt, jnp.bool_) or not (jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer)):
+        raise TypeError(f"damping must be a real scalar, got dtype {dt} ({damping!r})")
+    if jnp.ndim(damping) != 0:
+        raise ValueError(f"damping must be a scalar, got an array of shape {jnp.shape(damping)}")
+    if _pipeline.is_concrete(damping) and not np.isfinite(np.asarray(damping)):
+        raise NonFiniteError(f"damping is {float(np.asarray(damping))}; it must be finite")
+    return jnp.asarray(damping, pipe.dtype)
 
 
 def _route(pipe, method: str, curvature: str, damping) -> str:
@@ -139,6 +156,7 @@ def factorize(
       ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks; never chosen by ``"auto"``.
     """
     pipe = _pipeline.build(layers, params, z0)
+    damping = _damping(pipe, damping)
     r = _route(pipe, method, curvature, damping)
     if _pipeline.is_concrete(params, z0):
         _check_inputs(params, z0)
@@ -241,7 +259,7 @@ def ihvp(
     Args:
       layers, params, z0: the pipeline (see :func:`hvp`).
       g: shaped exactly like ``params``.
-      damping: ``λ``, a scalar (may be traced).
+      damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
       method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
       return_info: also return an :class:`~hessinv.Info` (health, and the route that ran). Use
@@ -257,6 +275,7 @@ def ihvp(
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, g, "g")
+    damping = _damping(pipe, damping)
     r = _route(pipe, method, curvature, damping)
     if _pipeline.is_concrete(params, z0, g, damping):
         if not return_info:

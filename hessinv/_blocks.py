@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _flat, _pipeline
+from . import _flat, _hvp, _pipeline, _riccati
 from ._errors import PipelineError
 
 
@@ -60,15 +60,11 @@ class Blocks:
 
     def factorize(self, damping=0.0):
         """Run the stage recursion on these blocks: a :class:`~hessinv.Factorization` of ``H + λI``."""
-        from ._riccati import factorize_blocks
-
-        return factorize_blocks(self, damping)
+        return _riccati.factorize_blocks(self, damping)
 
     def matvec(self, v, damping=0.0):
         """``(H + λI) v`` from the blocks (the paper's appendix A); ``v`` shaped like params."""
-        from ._hvp import structured_hvp
-
-        return structured_hvp(self, v, damping)
+        return _hvp.structured_hvp(self, v, damping)
 
 
 def _layer_of_parts(seg: _pipeline.Segment, zin, row, dt):

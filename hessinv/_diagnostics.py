@@ -74,6 +74,16 @@ def rcond(w):
     return jnp.where(jnp.isnan(top), jnp.nan, rc)
 
 
+def sign_counts(w, tol):
+    """``(n_pos, n_neg, n_zero)`` (int32) of pivot eigenvalues ``w`` ``(..., p)``: an eigenvalue
+    counts as zero when ``|w| ≤ tol · max|w|`` of its own pivot (Sylvester: summed over the
+    pivots of a congruence, these are the inertia of the whole matrix)."""
+    thr = tol * jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    z = jnp.abs(w) <= thr
+    count = lambda m: jnp.sum(m, dtype=jnp.int32)  # noqa: E731
+    return count((w > 0) & ~z), count((w < 0) & ~z), count(z)
+
+
 def make_info(pipe, ok_AB, finite, pivots, route: str = "riccati") -> Info:
     """:class:`Info` from per-layer facts: ``ok_AB`` (per segment, ``(n,)`` bools: ``A_l`` and
     ``B_l`` finite), ``finite`` (the other blocks, pivots and gains) and the pivots ``Q_uu``

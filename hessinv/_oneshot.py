@@ -28,8 +28,7 @@ import numpy as np
 
 from . import _blocks, _pipeline, _stage
 from ._diagnostics import Info, make_info
-from ._linalg import pivot_solve, sym
-from ._riccati import schur_update
+from ._riccati import stage_step
 
 #: Bytes of blocks per chunk, and the most layers in one: small enough for a chunk's blocks to
 #: stay in the cache, large enough for the vmapped block computations to be efficient (the
@@ -65,24 +64,18 @@ def _layer_jvp(seg, zin, row, dz, dx, dt):
 
 
 def _step(seg, lam, with_K, keep_pivot):
-    """One layer, top down: the factorisation step and the backward solve step together.
+    """One layer, top down: the factorisation step (:func:`hessinv._riccati.stage_step`) and the
+    backward solve step ``s_{l-1} = A_lᵀ s_l − G_lᵀ q_u`` together.
 
     Only what depends on ``S`` is here; everything batched over a chunk is done outside."""
-    p, a_in = seg.p, seg.a_in
+    a_in = seg.a_in
 
     def step(carry, xs):
         S, s = carry
         M, K, g, diag, is_block = xs
-        Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K if with_K else None, a_in, diag, is_block)
         Ms = M.T @ s  # (A_lᵀ s, B_lᵀ s)
-        if p == 0:  # a parameter-free layer: state and adjoint just propagate
-            dt = Q_zz.dtype
-            return (sym(Q_zz), Ms), (jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt), jnp.zeros((0, 0), dt))
-        Q_uu = sym(Q_uu) + lam * jnp.eye(p, dtype=Q_uu.dtype)
         q_u = Ms[a_in:] - g
-        _, _, Gk = pivot_solve(Q_uu, jnp.concatenate([Q_uz, q_u[:, None]], axis=1))  # one LU for G and k
-        G, k = Gk[:, :a_in], Gk[:, a_in]
-        S_prev = schur_update(Q_zz, Q_uz, G, _stage.is_large(seg))
+        S_prev, Q_uu, _, _, G, k = stage_step(seg, S, M, K if with_K else None, diag, is_block, lam, q_u)
         s_prev = Ms[:a_in] - G.T @ q_u
         return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), Q_uu.dtype))
 

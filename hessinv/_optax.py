@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax  # the optax library (absolute import; hessinv's public wrapper is hessinv.optax)
 
-from . import _api, _blocks, _hvp, _oneshot, _pipeline
+from . import _api, _blocks, _diagnostics, _hvp, _oneshot, _pipeline
 
 CURVATURES = ("hessian", "ggn")
 DAMPINGS = ("lm", "trust_region")
@@ -174,12 +174,9 @@ def _pivot_health(pivots, tol):
     min_rc = jnp.asarray(jnp.inf, tol.dtype)
     finite = jnp.array(True)
     for w in [jnp.linalg.eigvalsh(Q) for Q in pivots]:
-        aw = jnp.abs(w)
-        top = jnp.max(aw, axis=-1, keepdims=True)
-        z = aw <= tol * top
-        neg += jnp.sum((w < 0) & ~z).astype(jnp.int32)
-        zero += jnp.sum(z).astype(jnp.int32)
-        rc = jnp.where(top[..., 0] > 0, jnp.min(aw, axis=-1) / jnp.where(top[..., 0] > 0, top[..., 0], 1), 0)
+        _, n, z = _diagnostics.sign_counts(w, tol)
+        neg, zero = neg + n, zero + z
+        rc = _diagnostics.rcond(w)
         min_rc = jnp.minimum(min_rc, jnp.min(jnp.where(jnp.isnan(rc), jnp.inf, rc)))
         finite &= jnp.all(jnp.isfinite(w))
     return neg, zero, min_rc, finite & (min_rc > tol)

@@ -22,17 +22,19 @@ pivots also give ``log|det|``, its sign and (Sylvester) the inertia.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from . import _pipeline, _stage
-from ._blocks import Blocks, SegmentBlocks
-from ._diagnostics import Info, make_info, rcond_tol
+from ._diagnostics import Info, make_info, rcond_tol, sign_counts
 from ._diagnostics import rcond as _rcond
 from ._factorization import Factorization
 from ._linalg import lu_solve, pivot_solve, sym
+
+if TYPE_CHECKING:  # for annotations only: _blocks imports this module
+    from ._blocks import Blocks, SegmentBlocks
 
 
 class StageFactors(NamedTuple):
@@ -66,6 +68,30 @@ def schur_update(Q_zz, Q_uz, G, large: bool):
     return sym(Q_zz - Q_uz.T @ G)
 
 
+def stage_step(seg, S, M, K, diag, is_block, lam, q=None):
+    """One stage of the recursion (the module docstring), the one kernel that both
+    :func:`factorize_blocks` and the one-pass ``ihvp`` (:mod:`hessinv._oneshot`) run.
+
+    From ``S_l`` and the layer's ``M_l = [A_l B_l]``, ``K_l`` (``None``: zero) and ``A_l``'s
+    diagonal blocks (:mod:`hessinv._stage`): the blocks of ``Q = K + Mᵀ S M``, the damped pivot
+    ``Q_uu``, its LU, the gain ``G = Q_uu^{-1} Q_uz`` and ``S_{l-1}``. With ``q`` (the one-pass
+    solve's ``B_lᵀ s_l − g_l``) the same LU also gives ``k = Q_uu^{-1} q``. A parameter-free
+    layer (a loss head) has no pivot: the state just propagates.
+
+    Returns ``(S_{l-1}, Q_uu, lu, pivots, G, k)`` (``k = 0`` without ``q``)."""
+    p, a_in = seg.p, seg.a_in
+    Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a_in, diag, is_block)
+    dt = Q_zz.dtype
+    if p == 0:
+        empty = jnp.zeros((0, 0), dt)
+        return sym(Q_zz), empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt)
+    Q_uu = sym(Q_uu) + lam * jnp.eye(p, dtype=dt)
+    X = Q_uz if q is None else jnp.concatenate([Q_uz, q[:, None]], axis=1)
+    lu, piv, GX = pivot_solve(Q_uu, X)  # one LU for G and k
+    G, k = (GX, jnp.zeros((p,), dt)) if q is None else (GX[:, :a_in], GX[:, a_in])
+    return schur_update(Q_zz, Q_uz, G, _stage.is_large(seg)), Q_uu, lu, piv, G, k
+
+
 def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     """Backward recursion through one segment; returns S before it and its StageFactors.
 
@@ -73,8 +99,7 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
     ``Q_uu`` of ``Q = K + Mᵀ S M`` with ``M = [A_l B_l]`` (see :mod:`hessinv._stage`
     for batch-block-diagonal ``A_l``), factorises the pivot and updates ``S``; everything else is
     batched over the segment outside the loop."""
-    p, a_in, dt = seg.p, seg.a_in, blk.A.dtype
-    eye = jnp.eye(p, dtype=dt)
+    p, dt = seg.p, blk.A.dtype
     # A large layer keeps neither S_l nor A_l − B_l G_l (a_out² and a_out·a_in per layer): its
     # solves use A_l and B_l from the blocks instead (see _stage.is_large).
     large = _stage.is_large(seg)
@@ -87,13 +112,8 @@ def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):
 
     def step(S, xs):
         M, K, diag, is_block = xs
-        Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a_in, diag, is_block)
-        if p == 0:  # a parameter-free layer (a loss head): the state just propagates
-            empty, none = jnp.zeros((0, 0), dt), jnp.zeros((0,), jnp.int32)
-            return sym(Q_zz), (empty, empty, none, jnp.zeros((0, a_in), dt), kept(S))
-        Q_uu = sym(Q_uu) + lam * eye
-        lu, piv, G = pivot_solve(Q_uu, Q_uz)
-        return schur_update(Q_zz, Q_uz, G, large), (Q_uu, lu, piv, G, kept(S))
+        S_prev, Q_uu, lu, piv, G, _ = stage_step(seg, S, M, K, diag, is_block, lam)
+        return S_prev, (Q_uu, lu, piv, G, kept(S))
 
     xs = (M, blk.K, diag, is_block)
     S, (Q_uu, lu, piv, G, S_l) = _pipeline.scan(step, S, xs, seg.n, reverse=True, unroll=unroll)
@@ -238,11 +258,8 @@ class RiccatiFactorization(Factorization):
         tol = self.rcond_tol()
         pos = neg = zero = jnp.zeros((), jnp.int32)
         for w in self.pivot_eigvalsh():
-            thr = tol * jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-            z = jnp.abs(w) <= thr
-            pos += jnp.sum((w > 0) & ~z, dtype=jnp.int32)
-            neg += jnp.sum((w < 0) & ~z, dtype=jnp.int32)
-            zero += jnp.sum(z, dtype=jnp.int32)
+            p, n, z = sign_counts(w, tol)
+            pos, neg, zero = pos + p, neg + n, zero + z
         return pos, neg, zero
 
     def _info(self) -> Info:

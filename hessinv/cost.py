@@ -6,11 +6,13 @@ number ``m`` of network outputs, the batch size), as
 
     seconds ≈ flops / rate + sequential steps × step
 
-with two constants per backend (:class:`Machine`): ``rate``, the floating-point rate the route's
-kernels reach, and ``step``, the fixed cost of one step of a sequential loop (a ``lax.scan``
-iteration over a layer: kernel launches on an accelerator, thunk dispatch on a CPU). The
-constants were fitted to the ``shapes`` benchmark (``python -m benchmarks.run --suite shapes``,
-``docs/performance.md``); pass your own :class:`Machine` as ``machine=`` to override them.
+with constants per backend (:class:`Machine`): chiefly ``rate``, the floating-point rate the
+route's kernels reach, and ``step``, the fixed cost of one step of a sequential loop (a
+``lax.scan`` iteration over a layer: kernel launches on an accelerator, thunk dispatch on a
+CPU), plus a few terms no flop count sees (the stage recursion's passes over its ``a × a``
+state, the dense Hessian's ``n``-wide passes). The CPU constants were fitted to the ``shapes``
+benchmark (``python -m benchmarks.run --suite shapes``, ``docs/performance.md``); replace
+``MACHINES[backend]`` to override them, or force a route with ``method=``.
 
 The flop counts (documented per route below) are estimates: a layer's forward cost is taken as
 ``2 · p_l · N_l`` (every parameter used once per example, ``N_l`` the batch size), which is exact
@@ -31,20 +33,35 @@ ROUTES_AUTO = ("riccati", "dense", "gauss_newton")
 
 
 class Machine(NamedTuple):
-    """Constants of the cost model: ``rate`` in flop/s, ``step`` in seconds per sequential step,
-    ``dense_bytes``: the most memory the dense route may take for ``C`` and its factors."""
+    """Constants of the cost model.
+
+    Attributes:
+      rate: flop/s of the dense linear algebra (factorisations, matrix products).
+      step: seconds per sequential step (one ``lax.scan`` iteration over a layer).
+      hessian_rate: flop/s of forming a dense Hessian by ``n`` vmapped forward-over-reverse
+        passes (much below ``rate`` on a CPU: many small products through a scan).
+      entry: seconds per entry of the ``a × a`` stage state per stage (the passes over ``S_l``
+        that no flop count sees: the stage recursion's memory traffic).
+      tangent: seconds per parameter per layer of the dense Hessian's ``n``-wide passes.
+      dense_bytes: the most memory the dense and output-space routes may take.
+    """
 
     rate: float
     step: float
+    hessian_rate: float
+    entry: float
+    tangent: float
     dense_bytes: float = 2e9
 
 
-#: Fitted on 2 CPU cores (float64) and, for accelerators, from the recorded H200 runs: there a
-#: scan step costs about 100 µs (the core benchmark is launch-bound) while the rate is far higher.
+#: CPU: fitted on 2 cores (float64) to 16 points of the ``shapes`` benchmark (estimates within
+#: about 2x of the measured times, and much closer where the routes' costs are close). GPU/TPU:
+#: not fitted; the recorded H200 run gives a scan step of about 100 µs (launch-bound), the rate
+#: is the accelerator's order of magnitude. Override with ``hessinv.cost.MACHINES[backend] = ...``.
 MACHINES = {
-    "cpu": Machine(rate=2.0e10, step=4.0e-5),
-    "gpu": Machine(rate=2.0e12, step=1.0e-4, dense_bytes=2e10),
-    "tpu": Machine(rate=2.0e12, step=1.0e-4, dense_bytes=8e9),
+    "cpu": Machine(rate=5.0e10, step=4.0e-5, hessian_rate=3.0e9, entry=2.0e-8, tangent=1.0e-6),
+    "gpu": Machine(rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=2e10),
+    "tpu": Machine(rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=8e9),
 }
 
 
@@ -89,12 +106,13 @@ def riccati_flops(pipe: _pipeline.Pipeline, curvature: str) -> float:
     return total
 
 
-def dense_flops(pipe: _pipeline.Pipeline, curvature: str) -> float:
+def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> float:
     """The dense route, factorise once and solve once:
 
     * Hessian: ``n`` forward-over-reverse hvps (``jacfwd(grad)``), each about four forward
-      passes; it is indefinite away from a minimum, so it is charged the failing Cholesky and
-      the LU fallback, ``n³/3 + 2n³/3``;
+      passes, at ``hessian_rate``, plus ``tangent`` per parameter and layer; it is indefinite
+      away from a minimum, so it is charged the failing Cholesky and the LU fallback,
+      ``n³/3 + 2n³/3``;
     * GGN: ``J`` by ``min(n, m)`` passes of the body (``m`` the network outputs), ``Hℓ`` by ``m``
       passes of the loss, ``Jᵀ (Hℓ J)`` by ``2 m² n + 2 m n²``; ``G + λI`` is positive definite,
       so one Cholesky, ``n³/3``.
@@ -104,8 +122,9 @@ def dense_flops(pipe: _pipeline.Pipeline, curvature: str) -> float:
         body, m = pipe.segments[:-1], pipe.segments[-1].a_in
         fwd_body = sum(seg.n * forward_flops(seg) for seg in body)
         form = 3 * min(n, m) * fwd_body + 4 * m * forward_flops(pipe.segments[-1]) + 2 * m * m * n + 2 * m * n * n
-        return form + n**3 / 3 + 2 * n * n
-    return 4 * n * _forward(pipe) + n**3 + 2 * n * n
+        return (form + n**3 / 3 + 2 * n * n) / mach.rate + 10 * mach.step
+    form = 4 * n * _forward(pipe) / mach.hessian_rate + n * pipe.n_layers * mach.tangent
+    return form + (n**3 + 2 * n * n) / mach.rate
 
 
 def dense_bytes(pipe: _pipeline.Pipeline) -> float:
@@ -131,16 +150,14 @@ def gauss_newton_flops(pipe: _pipeline.Pipeline) -> float:
 def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine) -> float:
     """Estimated seconds of one factorisation + solve by ``route`` (``inf`` where it does not
     apply or would not fit)."""
-    n = _pipeline.n_params(pipe)
+    n, m = _pipeline.n_params(pipe), pipe.segments[-1].a_in
     itemsize = jax.numpy.dtype(pipe.dtype).itemsize
     if route == "riccati":
-        return riccati_flops(pipe, curvature) / mach.rate + pipe.n_layers * mach.step
+        state = sum(seg.n * seg.a_out**2 for seg in pipe.segments)
+        return riccati_flops(pipe, curvature) / mach.rate + state * mach.entry + pipe.n_layers * mach.step
     if route == "dense":
-        if dense_bytes(pipe) > mach.dense_bytes:
-            return math.inf
-        return dense_flops(pipe, curvature) / mach.rate + 10 * mach.step
+        return math.inf if dense_bytes(pipe) > mach.dense_bytes else dense_seconds(pipe, curvature, mach)
     if route == "gauss_newton":
-        m = pipe.segments[-1].a_in
         if curvature != "ggn" or 3 * m * n * itemsize > mach.dense_bytes:
             return math.inf
         return gauss_newton_flops(pipe) / mach.rate + 10 * mach.step

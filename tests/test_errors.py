@@ -124,3 +124,46 @@ def test_culprit_is_first_singular_pivot_in_elimination_order():
     assert not bool(info.ok) and int(info.worst_layer) == 6
     with pytest.raises(hessinv.SingularPivotError, match=r"layer 6 = layers\[1\] \(Stack of 6, copy 5\)"):
         ihvp(layers, params, z0, like(params))
+
+
+@pytest.mark.parametrize(
+    "damping, error, message",
+    [
+        ("1e-3", TypeError, "damping must be a real scalar"),
+        (1e-3 + 1e-3j, TypeError, "damping must be a real scalar"),
+        (True, TypeError, "damping must be a real scalar"),
+        (jnp.array([1e-3, 1e-2]), ValueError, r"damping must be a scalar.*\(2,\)"),
+        (float("nan"), hessinv.NonFiniteError, "damping is nan"),
+        (jnp.inf, hessinv.NonFiniteError, "damping is inf"),
+    ],
+)
+def test_bad_damping_is_refused_by_every_entry(damping, error, message):
+    layers, params, z0 = mlp()
+    for call in (
+        lambda: hessinv.ihvp(layers, params, z0, like(params), damping=damping),
+        lambda: hessinv.factorize(layers, params, z0, damping=damping),
+        lambda: hessinv.route(layers, params, z0, damping=damping),
+    ):
+        with pytest.raises(error, match=message):
+            call()
+
+
+@pytest.mark.parametrize("method", ["riccati", "dense", "woodbury_square"])
+def test_every_route_checks_g(method):
+    """A transposed leaf or a wrong dtype in g is refused by F.solve, whichever route made F."""
+    if method == "woodbury_square":  # the paper's route needs square layers: a diagonal pipeline
+        w = 3
+        layers = [lambda z, x: jnp.tanh(z * x["s"]), lambda z, x: jnp.sum(jnp.sin(z) * x["t"][0] + z**2)]
+        params = [{"s": jnp.linspace(0.5, 1.5, w)}, {"t": jnp.ones(1)}]
+        z0, method = jnp.array([0.3, 0.7, 1.1]), "woodbury"  # no zero input: each ∂f/∂s invertible
+        bad = [{"s": jnp.ones(w + 1)}, params[1]]
+    else:
+        layers, params, z0 = mlp()
+        bad = [dict(p) for p in params]
+        bad[0]["W"] = params[0]["W"].T
+    F = hessinv.factorize(layers, params, z0, damping=0.5, method=method)
+    with pytest.raises(hessinv.PipelineError, match=r"g\[0\] has structure"):
+        F.solve(bad)
+    g32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    with pytest.raises(TypeError, match=r"g\[0\] has dtypes"):
+        F.solve(g32)

@@ -1,0 +1,120 @@
+"""One stage of the recursion at large ``a = batch × width``, against its own dominant products.
+
+    python -m benchmarks.stage                   # a = 512 and 1024 (batch 64 and 128, width 8)
+    python -m benchmarks.stage --batch 32 64 128 256 --width 8
+
+A stage's time is measured by difference: the jitted stage-recursion ``ihvp`` (``method=
+"riccati"``, Hessian and Gauss-Newton) of the ``shapes`` regression network at two depths,
+``(t(L2) − t(L1)) / (L2 − L1)``, so the forward pass, the head and the call overhead cancel.
+Beside it, in the same process, the stage's dominant products are timed as plain ``jnp``
+matmuls on arrays of the same shapes (``S B``, ``Bᵀ S B``, ``Aᵀ S A`` and ``Aᵀ S B`` with a
+batch-block-diagonal ``A``, the ``S`` update ``½ (Q_uzᵀ G + Gᵀ Q_uz)`` and the pivot LU): the
+rate the machine reaches on this work. Reported: both times, their ratio, and GFLOP/s of the
+products' flops in each. Writes ``results/stage_<platform>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+import hessinv
+
+from . import common
+from .shapes import regression
+
+DAMPING = 1e-3
+
+
+def product_flops(a: int, w: int, p: int) -> float:
+    """Flops of the dominant products of one stage with ``a_in = a_out = a``, ``w`` the width of
+    an example's block of ``A``, ``p`` the layer's parameters."""
+    return 2 * a * a * p + 2 * a * p * p + 4 * a * a * w + 2 * a * w * p + 4 * a * a * p + (2 / 3) * p**3
+
+
+def products(a: int, w: int, p: int, dtype=jnp.float64):
+    """A jitted function doing one stage's dominant products on ``(S, B, blocks, G)``, and its inputs."""
+    k = jax.random.split(jax.random.key(0), 4)
+    S = jax.random.normal(k[0], (a, a), dtype)
+    S = S @ S.T / a
+    B = jax.random.normal(k[1], (a, p), dtype)
+    blocks = jax.random.normal(k[2], (a // w, w, w), dtype)
+    e = a // w
+
+    def stage(S, B, blocks):
+        SA = jnp.einsum("xew,ewv->xev", S.reshape(a, e, w), blocks).reshape(a, a)
+        AtSA = jnp.einsum("ewv,ewy->evy", blocks, SA.reshape(e, w, a)).reshape(a, a)
+        SB = S @ B
+        Q_uz = jnp.einsum("ewv,ewp->evp", blocks, SB.reshape(e, w, p)).reshape(a, p).T
+        Q_uu = B.T @ SB + jnp.eye(p, dtype=dtype)
+        lu, _, _ = jax.lax.linalg.lu(Q_uu)
+        G = jax.lax.linalg.triangular_solve(lu, Q_uz, left_side=True, lower=False)
+        return AtSA - 0.5 * (Q_uz.T @ G + G.T @ Q_uz)
+
+    return stage, (S, B, blocks)
+
+
+def stage_time(batch: int, width: int, curvature: str, depths=(8, 24)):
+    times = []
+    for d in depths:
+        layers, params, z0 = regression(batch, width, d)
+        g = jax.tree.map(jnp.ones_like, params)
+
+        def f(p, z, g):
+            return hessinv.ihvp(layers, p, z, g, damping=DAMPING, curvature=curvature, method="riccati")
+
+        t, _ = common.bench(f, params, z0, g, repeats=5)
+        times.append(t["min_s"])
+    return (times[1] - times[0]) / (depths[1] - depths[0]), times
+
+
+def run(batches=(64, 128), widths=(8,), write=True):
+    rows = []
+    for b in batches:
+        for w in widths:
+            a, p = b * w, w * w + w
+            fn, args = products(a, w, p)
+            t_prod, _ = common.bench(fn, *args, repeats=10)
+            fl = product_flops(a, w, p)
+            for curv in ("hessian", "ggn"):
+                t_stage, raw = stage_time(b, w, curv)
+                row = {
+                    "batch": b,
+                    "width": w,
+                    "a": a,
+                    "p": p,
+                    "curvature": curv,
+                    "stage_s": t_stage,
+                    "products_s": t_prod["min_s"],
+                    "stage_over_products": t_stage / t_prod["min_s"],
+                    "products_gflops": fl / t_prod["min_s"] / 1e9,
+                    "stage_gflops": fl / t_stage / 1e9,
+                    "ihvp_depths_s": raw,
+                }
+                rows.append(row)
+                print(
+                    f"a={a:5d} p={p:4d} {curv:7s} stage {t_stage * 1e3:7.2f} ms ({row['stage_gflops']:.1f} GFLOP/s) "
+                    f"products {t_prod['min_s'] * 1e3:6.2f} ms ({row['products_gflops']:.1f} GFLOP/s) "
+                    f"ratio {row['stage_over_products']:.1f}",
+                    flush=True,
+                )
+    out = {"meta": common.machine() | {"damping": DAMPING, "timing": "min of 5 (stage), 10 (products)"}, "rows": rows}
+    if write:
+        common.write_json(out, "stage")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=(64, 128))
+    ap.add_argument("--width", type=int, nargs="+", default=(8,))
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)
+    run(tuple(a.batch), tuple(a.width), write=not a.no_write)
+
+
+if __name__ == "__main__":
+    main()
