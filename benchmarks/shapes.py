@@ -50,17 +50,19 @@ def _mse(z, x):
     return 0.5 * jnp.mean((z["h"][:, 0] - z["y"]) ** 2)
 
 
-def regression(batch: int, width: int, depth: int, seed: int = 0, dtype=jnp.float64):
-    """``(layers, params, z0)``: ``depth`` hidden tanh layers of ``width``, targets sin(3 x₀)."""
+def regression(batch: int, width: int, depth: int, seed: int = 0, dtype=jnp.float64, inputs: int | None = None):
+    """``(layers, params, z0)``: ``inputs`` (default ``width``) → ``depth`` hidden tanh layers of
+    ``width`` → 1 output, mean squared error (halved) against targets sin(3 x₀) carried in z0."""
+    inputs = width if inputs is None else inputs
     k = jax.random.split(jax.random.key(seed), 4)
-    x = jax.random.uniform(k[3], (batch, width), dtype, -1.0, 1.0)
+    x = jax.random.uniform(k[3], (batch, inputs), dtype, -1.0, 1.0)
 
     def init(key, i, o):
         return {"W": (jax.random.normal(key, (i, o)) / math.sqrt(i)).astype(dtype), "c": jnp.zeros(o, dtype)}
 
     layers = [_first, hessinv.Stack(_hidden, depth), _out, _mse]
     params = [
-        init(k[0], width, width),
+        init(k[0], inputs, width),
         jax.vmap(lambda kk: init(kk, width, width))(jax.random.split(k[1], depth)),
         init(k[2], width, 1),
         {},

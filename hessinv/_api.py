@@ -108,6 +108,8 @@ def _route(pipe, method: str, curvature: str, damping) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     _blocks.check_curvature(pipe, curvature)
+    if method == "gauss_newton":
+        _gauss_newton.check(pipe, curvature)
     if method != "auto":
         return method
     # A damping known to be 0 (or negative) rules out the output-space route, which needs λ > 0.

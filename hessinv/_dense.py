@@ -99,11 +99,20 @@ def factorize(pipe, layers, params, z0, damping, curvature: str) -> DenseFactori
 
 
 def _factorize_impl(pipe, layers, params, z0, damping, curvature):
-    dt, n = pipe.dtype, _pipeline.n_params(pipe)
-    lam = jnp.asarray(damping, dt)
+    return factor(pipe, matrix(pipe, layers, params, z0, curvature), damping)
+
+
+def matrix(pipe, layers, params, z0, curvature) -> jax.Array:
+    """``C`` itself, symmetrised: the λ-independent part, formed once for many dampings."""
     t = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), pipe.dtype)
-    C = _hessian_matrix(pipe, layers, t, z0) if curvature == "hessian" else _ggn_matrix(pipe, t, z0)
-    C = sym(C.astype(dt))
+    C = _hessian_matrix(pipe, tuple(layers), t, z0) if curvature == "hessian" else _ggn_matrix(pipe, t, z0)
+    return sym(C.astype(pipe.dtype))
+
+
+def factor(pipe, C, damping) -> DenseFactorization:
+    """Factorise ``C + λI``: Cholesky, and LU with partial pivoting where that fails."""
+    dt, n = pipe.dtype, C.shape[0]
+    lam = jnp.asarray(damping, dt)
     M = C + lam * jnp.eye(n, dtype=dt)
     # Cholesky fills its factor with NaN when M is not (numerically) positive definite.
     L = jnp.linalg.cholesky(M)

@@ -133,6 +133,22 @@ def _damping_message(pipe, lam) -> str:
     )
 
 
+def check(pipe: _pipeline.Pipeline, curvature: str) -> None:
+    """The route's preconditions that the shapes decide (at trace time): the Gauss-Newton
+    matrix, a parameter-free loss, and network outputs to work in."""
+    if curvature != "ggn":
+        raise PipelineError(
+            f"method='gauss_newton' solves the Gauss-Newton matrix only (got curvature={curvature!r}); "
+            "use curvature='ggn' or another method"
+        )
+    _blocks.check_curvature(pipe, "ggn")
+    if pipe.segments[-1].a_in == 0:
+        raise PipelineError(
+            f"method='gauss_newton': the input of {pipe.layer_name(pipe.n_layers - 1)} has no floating entries, "
+            "so the loss does not depend on the parameters"
+        )
+
+
 def factorize(
     pipe: _pipeline.Pipeline, layers, params, z0, damping, curvature: str = "ggn"
 ) -> GaussNewtonFactorization:
@@ -151,17 +167,7 @@ def factorize(
         no float outputs.
       ValueError: a concrete ``λ ≤ 0``.
     """
-    if curvature != "ggn":
-        raise PipelineError(
-            f"method='gauss_newton' solves the Gauss-Newton matrix only (got curvature={curvature!r}); "
-            "use curvature='ggn' or another method"
-        )
-    _blocks.check_curvature(pipe, "ggn")
-    if pipe.segments[-1].a_in == 0:
-        raise PipelineError(
-            f"method='gauss_newton': the input of {pipe.layer_name(pipe.n_layers - 1)} has no floating entries, "
-            "so the loss does not depend on the parameters"
-        )
+    check(pipe, curvature)
     if _pipeline.is_concrete(damping) and not np.all(np.asarray(damping) > 0):
         raise ValueError(_damping_message(pipe, damping))
     return _factorize_jit(pipe, list(params), z0, damping)
@@ -169,13 +175,23 @@ def factorize(
 
 @functools.partial(jax.jit, static_argnums=0)
 def _factorize_jit(pipe, params, z0, damping):
-    dt = pipe.dtype
-    lam = jnp.asarray(damping, dt)
-    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), dt)
+    return factor(pipe, outputs_factor(pipe, params, z0), damping)
+
+
+def outputs_factor(pipe, params, z0):
+    """``(Z, D, P = Z Zᵀ)`` with ``G = Zᵀ diag(D) Z``: the λ-independent part, formed once for
+    many dampings."""
+    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), pipe.dtype)
     f, J, z = jacobian(pipe, x, z0)
     D, R = signed_root(loss_hessian(pipe, f, z))
     Z = R @ J
-    P = sym(Z @ Z.T)
+    return Z, D, sym(Z @ Z.T)
+
+
+def factor(pipe, ZDP, damping) -> GaussNewtonFactorization:
+    """Factorise the ``m × m`` matrix ``K = λE + Z Zᵀ`` of ``G + λI`` (one LU)."""
+    Z, D, P = ZDP
+    lam = jnp.asarray(damping, pipe.dtype)
     lu, piv = jax.scipy.linalg.lu_factor(P + jnp.diag(lam * _E(D)))
     return GaussNewtonFactorization(pipe, lam, Z, D, P, lu, piv)
 

@@ -48,10 +48,11 @@ import jax
 import jax.numpy as jnp
 import optax  # the optax library (absolute import; hessinv's public wrapper is hessinv.optax)
 
-from . import _api, _blocks, _diagnostics, _hvp, _oneshot, _pipeline
+from . import _api, _blocks, _dense, _diagnostics, _gauss_newton, _hvp, _oneshot, _pipeline
 
 CURVATURES = ("hessian", "ggn")
 DAMPINGS = ("lm", "trust_region")
+METHODS = ("auto", "riccati", "dense", "gauss_newton")
 
 
 class NewtonInfo(NamedTuple):
@@ -182,6 +183,37 @@ def _pivot_health(pivots, tol):
     return neg, zero, min_rc, finite & (min_rc > tol)
 
 
+def _pivots_health(pivots, tol, inertia):
+    """``(positive_definite, n_neg, min_rcond, ok)`` of ``C + λI`` from the stage pivots: Cholesky
+    factors by default, their eigenvalues with ``inertia`` (``n_neg = -1``: not counted)."""
+    pd, min_rcond = _cholesky_health(pivots)
+    if inertia:
+        n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
+    else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
+        n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
+        ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
+    return pd, n_neg, min_rcond, ok
+
+
+def _factorization_health(F, inertia):
+    """The same four facts from another route's factorisation. Dense: its Cholesky succeeded
+    (the condition estimated from the factor's diagonal, as for the pivots; the eigenvalues only
+    with ``inertia``). Output space: the ``m × m`` inertia and condition, which are cheap."""
+    tol = F.rcond_tol()
+    if F.route == "dense":
+        pd = F.is_pd & jnp.all(jnp.isfinite(F.chol))
+        dg = jnp.abs(jnp.diagonal(F.chol))
+        top = jnp.max(dg)
+        min_rcond = jnp.where(pd & (top > 0), (jnp.min(dg) / jnp.where(top > 0, top, 1)) ** 2, 0)
+        if inertia:
+            n_neg, info = F._inertia()[1], F._info()
+            return pd, n_neg, info.min_rcond, info.ok
+        return pd, jnp.where(pd, 0, -1).astype(jnp.int32), min_rcond, pd & (min_rcond > tol)
+    info = F._info()
+    n_neg = F._inertia()[1]
+    return info.ok & (n_neg == 0), n_neg, info.min_rcond, info.ok
+
+
 def _check_positive(name, value, *, allow_zero=False):
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
@@ -192,6 +224,7 @@ def scale_by_newton(
     layers: Sequence,
     *,
     curvature: str = "hessian",
+    method: str = "auto",
     damping: str | float = "lm",
     init_damping: float = 1e-3,
     min_damping: float | None = None,
@@ -224,6 +257,10 @@ def scale_by_newton(
     Args:
       layers: the pipeline's layer functions (or :class:`hessinv.Stack`), as in :func:`hessinv.ihvp`.
       curvature: ``"hessian"`` or ``"ggn"``.
+      method: the exact route of each solve, as in :func:`hessinv.ihvp`: ``"auto"`` (the
+        cheapest for the shapes), ``"riccati"``, ``"dense"`` or ``"gauss_newton"``. With
+        ``damping="trust_region"`` (many dampings per step from one set of blocks) the stage
+        recursion is always used.
       damping: ``"lm"`` (Levenberg-Marquardt), ``"trust_region"``, or a fixed float ``λ ≥ 0``.
       init_damping: the first ``λ`` (``"lm"``), or the first guess of the search (``"trust_region"``).
       min_damping, max_damping: bounds on ``λ`` (``min_damping`` defaults to ``1e-9`` for
@@ -259,6 +296,8 @@ def scale_by_newton(
     layers = tuple(layers)
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(damping, str):
         if damping not in DAMPINGS:
             raise ValueError(f"damping must be one of {DAMPINGS} or a float >= 0, got {damping!r}")
@@ -352,14 +391,10 @@ def scale_by_newton(
 
         loss0 = _pipeline.loss(layers, params, z0).astype(dt)
 
-        def judge(lam, d, pivots, found):
-            """Health of the pivots, the model's predicted decrease and the trial loss of step ``d``."""
-            pd, min_rcond = _cholesky_health(pivots)
-            if inertia:
-                n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
-            else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
-                n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
-                ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
+        def judge(lam, d, health, found):
+            """The model's predicted decrease and the trial loss of step ``d``, with the health
+            ``(positive_definite, n_neg, min_rcond, ok)`` of ``C + λI``."""
+            pd, n_neg, min_rcond, ok = health
             # The quadratic model at s = -d, with the undamped curvature C.
             if blk is not None:
                 Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
@@ -377,13 +412,26 @@ def scale_by_newton(
             return _Trial(lam, step, loss1, pred, ratio, accepted, jnp.sqrt(_dot(d, d)), pd, n_neg, min_rcond, ok)
 
         if mode == "trust_region":
-            t = judge(lam, d, pivots, found)
+            t = judge(lam, d, _pivots_health(pivots, tol, inertia), found)
         else:
-            # One damping per step: the one-pass solve (blocks computed chunk by chunk inside
-            # the recursion, never all kept), about half the time of blocks + factorize + solve.
+            # The route of each solve: λ ≥ min_damping (LM) or the fixed λ decides whether the
+            # output-space route (λ > 0 only) is allowed.
+            lam_floor = float(damping) if mode == "fixed" else min_damping
+            route = _api._route(pipe, method, curvature, jnp.asarray(lam_floor, dt))
+
+            if route == "dense":  # C (or Z, D, Z Zᵀ) once per step; each damping tried refactors it
+                prepared = _dense.matrix(pipe, layers, list(params), z0, curvature)
+            elif route == "gauss_newton":
+                prepared = _gauss_newton.outputs_factor(pipe, list(params), z0)
+
             def attempt(lam):
-                d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
-                return judge(lam, d, _oneshot.pivots(pipe, outs), jnp.array(True))
+                if route == "riccati":
+                    # The one-pass solve (blocks computed chunk by chunk inside the recursion,
+                    # never all kept), about half the time of blocks + factorize + solve.
+                    d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
+                    return judge(lam, d, _pivots_health(_oneshot.pivots(pipe, outs), tol, inertia), jnp.array(True))
+                F = (_dense if route == "dense" else _gauss_newton).factor(pipe, prepared, lam)
+                return judge(lam, F.solve_rows(g), _factorization_health(F, inertia), jnp.array(True))
 
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
             t = attempt(lam)

@@ -75,10 +75,7 @@ def test_random_pipelines_match_dense(case):
     # moderately conditioned H + λI with healthy pivots (the singular cases have their own tests).
     assume(np.linalg.cond(Hd) < 1e6 and bool(info.ok) and float(info.min_rcond) > 1e-7)
     g = like(params, seed=len(H))
-    want = np.linalg.solve(Hd, flat(g))
-    assert rel_err(flat(F.solve(g)), want) < 1e-9
-    # the dense route on the same problem gives the same answer
-    assert rel_err(flat(hessinv.ihvp(layers, params, z0, g, damping=lam, method="dense")), want) < 1e-9
+    assert rel_err(flat(F.solve(g)), np.linalg.solve(Hd, flat(g))) < 1e-9
     sign, logabs = F.logdet()
     s_ref, l_ref = np.linalg.slogdet(Hd)
     assert float(sign) == s_ref
