@@ -24,17 +24,11 @@ from ._errors import NonFiniteError
 from ._factorization import Factorization
 
 
-def _check_finite(tree, name: str) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
-            raise NonFiniteError(f"{name}{jax.tree_util.keystr(path)} (shape {jnp.shape(leaf)}) contains NaN or inf")
-
-
 def _check_inputs(params, z0, **vectors) -> None:
-    _check_finite(list(params), "params")
-    _check_finite(z0, "z0")
+    _diagnostics.check_finite(list(params), "params")
+    _diagnostics.check_finite(z0, "z0")
     for name, t in vectors.items():
-        _check_finite(list(t), name)
+        _diagnostics.check_finite(list(t), name)
 
 
 def loss(layers: Sequence, params: Sequence, z0: Any) -> jax.Array:

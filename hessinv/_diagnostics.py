@@ -21,6 +21,13 @@ from ._errors import NonFiniteError, SingularPivotError
 ROUTES = ("riccati", "woodbury", "dense", "gauss_newton")
 
 
+def check_finite(tree, name: str) -> None:
+    """Raise :class:`NonFiniteError` naming the leaf of ``tree`` (concrete) that holds NaN/inf."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
+            raise NonFiniteError(f"{name}{jax.tree_util.keystr(path)} (shape {jnp.shape(leaf)}) contains NaN or inf")
+
+
 def route_code(name: str) -> jax.Array:
     return jnp.array(ROUTES.index(name), jnp.int32)
 

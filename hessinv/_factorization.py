@@ -77,9 +77,12 @@ class Factorization:
     def solve(self, g):
         """``(C + λI)^{-1} g``; ``g`` (and the result) shaped like params.
 
-        Outside ``jit`` this raises :class:`~hessinv.SingularPivotError` when the factorisation
-        cannot solve; under ``jit`` check :meth:`info` yourself."""
+        Outside ``jit`` this raises :class:`~hessinv.NonFiniteError` for NaN/inf in ``g`` and
+        :class:`~hessinv.SingularPivotError` when the factorisation cannot solve; under ``jit``
+        check :meth:`info` yourself."""
         _pipeline.check_like_params(self.pipe, g, "g")
+        if _pipeline.is_concrete(g):
+            _diagnostics.check_finite(list(g), "g")
         self._eager_check("solve")
         return _solve(self, list(g))
 

@@ -167,3 +167,6 @@ def test_every_route_checks_g(method):
     g32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
     with pytest.raises(TypeError, match=r"g\[0\] has dtypes"):
         F.solve(g32)
+    nan = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)  # eagerly: refused, not NaN
+    with pytest.raises(hessinv.NonFiniteError, match=r"g\[0\]\['(W|s)'\].*NaN"):
+        F.solve(nan)
