@@ -198,7 +198,8 @@ def _pivots_health(pivots, tol, inertia):
 def _factorization_health(F, inertia):
     """The same four facts from another route's factorisation. Dense: its Cholesky succeeded
     (the condition estimated from the factor's diagonal, as for the pivots; the eigenvalues only
-    with ``inertia``). Output space: the ``m × m`` inertia and condition, which are cheap."""
+    with ``inertia``). Output space: the signs of ``Hℓ``'s eigenvalues and a power-iteration
+    estimate (the ``m × m`` inertia and exact condition with ``inertia``)."""
     tol = F.rcond_tol()
     if F.route == "dense":
         pd = F.is_pd & jnp.all(jnp.isfinite(F.chol))
@@ -209,9 +210,24 @@ def _factorization_health(F, inertia):
             n_neg, info = F._inertia()[1], F._info()
             return pd, n_neg, info.min_rcond, info.ok
         return pd, jnp.where(pd, 0, -1).astype(jnp.int32), min_rcond, pd & (min_rcond > tol)
-    info = F._info()
-    n_neg = F._inertia()[1]
-    return info.ok & (n_neg == 0), n_neg, info.min_rcond, info.ok
+    if inertia:
+        info, n_neg = F._info(), F._inertia()[1]
+        return info.ok & (n_neg == 0), n_neg, info.min_rcond, info.ok
+    # Without inertia, as for the pivots: cheap facts and an estimate. A convex loss (every
+    # eigenvalue of Hℓ ≥ 0) makes G + λI = λI + Zᵀ diag(D) Z positive definite for λ > 0, with
+    # eigenvalues λ and λ + eig(Z Zᵀ): rcond = λ / (λ + λ_max(Z Zᵀ)), λ_max by power iteration
+    # (from below, so the estimate bounds rcond from above, like the Cholesky one).
+    lam, P = F.damping, F.P
+    finite = jnp.all(jnp.isfinite(P)) & jnp.all(jnp.isfinite(F.lu))
+    pd = jnp.all(F.D >= 0) & (lam > 0) & finite
+    v = jnp.ones(P.shape[0], P.dtype)
+    for _ in range(20):
+        v = P @ v
+        v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(P.dtype).tiny)
+    top = jnp.maximum(v @ (P @ v), 0)
+    min_rcond = jnp.where(pd, lam / (lam + top), 0)
+    n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
+    return pd, n_neg, min_rcond, pd & (min_rcond > tol)
 
 
 def _check_positive(name, value, *, allow_zero=False):

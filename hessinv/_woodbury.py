@@ -43,7 +43,7 @@ Preconditions (MATH.md section 4; the paper leaves them unstated), checked here:
   is), and every pivot of the ``S_H`` factorisation nonsingular: reported by :meth:`info`, and
   raised eagerly as :class:`~hessinv.SingularPivotError` naming the layer and the pivot.
 
-The default ``method="riccati"`` has none of these preconditions.
+The stage recursion (``method="riccati"``, and ``"auto"``'s other routes) has none of these preconditions.
 
 Corrections to the paper's text (each checked with dense matrices in ``tests/test_woodbury.py``):
 
@@ -120,7 +120,7 @@ def check_shapes(pipe) -> None:
             raise PipelineError(
                 f"method='woodbury' (the paper's section 6 route) needs every ∂f_l/∂x_l square and "
                 f"invertible, p_l = a_l, but {pipe.layer_name(k)} has p = {seg.p} parameters and "
-                f"a = {seg.a_out} outputs{why}. Use the default method='riccati', which handles every "
+                f"a = {seg.a_out} outputs{why}. Use method='riccati' (or the default 'auto'), which handles every "
                 "layer shape (MATH.md section 4)."
             )
 
