@@ -1,1 +1,1 @@
-"""Benchmarks for hessinv: ``python -m benchmarks.core`` (issue 2) and ``python -m benchmarks.run``."""
+"""Benchmarks for hessinv: ``python -m benchmarks.core`` (the depth benchmark) and ``python -m benchmarks.run``."""

@@ -1,4 +1,4 @@
-"""Issue 2's benchmark: hessinv against Pearlmutter hvp, the dense solve and CG, side by side.
+"""The depth benchmark: hessinv against Pearlmutter hvp, the dense solve and CG, side by side.
 
 A tanh MLP (batch 4, width 4, cross-entropy head, float64, damping 1e-3) of depth
 ``L = 16 … 4096``. For each depth, all jitted and timed in the same run:
@@ -50,7 +50,7 @@ TARGETS = {
 
 
 def default_dtype():
-    """float64, as issue 2 asks, except on TPUs, which have none (the record says which)."""
+    """float64, except on TPUs, which have none (the record says which)."""
     return jnp.float32 if jax.devices()[0].platform == "tpu" else jnp.float64
 
 
@@ -136,7 +136,7 @@ def _line(r):
 
 
 def summarise(rows):
-    """The ratios issue 2 sets targets for, and whether each is met."""
+    """The ratios the targets are set for, and whether each is met."""
     by = {r["L"]: r for r in rows}
     s = {}
     if 1024 in by:

@@ -222,7 +222,7 @@ def run_seed(args, seed, dt, targets):
     for name in args.second_order:
         method, damping = name.rsplit("_", 1)
         settings = dict(curvature="ggn" if method == "gauss_newton" else "hessian", learning_rate=1.0)
-        if damping in ("lm", "lmclassic"):  # lmclassic: LM without the probe (hessinv < stop 9)
+        if damping in ("lm", "lmclassic"):  # lmclassic: LM without the probe (the classic rule)
             settings |= dict(damping="lm", init_damping=args.init_damping)
             if damping == "lmclassic":
                 settings |= dict(probe_factor=None)
@@ -416,7 +416,7 @@ def main():
     results, n_params = {}, None
     for seed in args.seeds:
         results[str(seed)], n_params = run_seed(args, seed, dt, targets)
-        # Written after every seed, so a run cut short (a lent accelerator's time is short) keeps
+        # Written after every seed, so a run cut short (an accelerator's time may be short) keeps
         # the seeds it finished.
         summary, h2h = write(args, results, targets, n_params, final=seed == args.seeds[-1])
     print(_summary_table(summary, targets, len(results)), flush=True)
@@ -447,7 +447,7 @@ def write(args, results, targets, n_params, final=True):
             (
                 "wall-clock on a shared, noisy machine (other jobs ran; see load_average_at_end); "
                 if dev.platform == "cpu"
-                else f"wall-clock on one {dev.device_kind}, lent for this run alone; "
+                else f"wall-clock on one {dev.device_kind}, used for this run alone; "
             )
             + "compile time excluded from the curves and reported as compile_s; cpu_time is this process's CPU time "
             "over all threads"

@@ -41,7 +41,7 @@ def core_tables(rec):
             f"{'' if cg['converged'] else ', not converged'}, {float(cg['relres']):.1e}) | {float(r['ihvp']['relres']):.1e} | "
             f"{r['ihvp']['compile_s']:.2f} |"
         )
-    out += ["", "| target (issue 2) | value | target | met |", "|---|---|---|---|"]
+    out += ["", "| target | value | target | met |", "|---|---|---|---|"]
     for k, t in rec["summary"]["targets"].items():
         out.append(f"| {k} | {t['value']:.3g} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
     return "\n".join(out)

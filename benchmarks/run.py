@@ -1,4 +1,4 @@
-"""All benchmark suites of issue 5, side by side in one run, on whatever ``jax.devices()`` offers.
+"""All benchmark suites, side by side in one run, on whatever ``jax.devices()`` offers.
 
     python -m benchmarks.run --suite quick    # every suite, small sizes (< 2 min on 2 CPU cores)
     python -m benchmarks.run --suite full     # every suite, full sizes (~10 min on 2 CPU cores)

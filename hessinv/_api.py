@@ -199,7 +199,7 @@ def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_inf
     the factorisation."""
     if with_info:  # (custom_linear_solve's has_aux does not survive jax.grad in jax 0.10.2)
         return _direct(pipe, layers, params, z0, g_rows, damping, curvature, route, True)
-    lam = jnp.asarray(damping, pipe.dtype)
+    lam = damping  # cast to pipe.dtype by _damping
     # One flat vector for the linear system: a parameter-free segment's empty rows would reach
     # custom_linear_solve's JVP rule as symbolic zeros, which it cannot take (jax 0.10.2).
     g_flat, rows = ravel_pytree(g_rows)

@@ -196,9 +196,10 @@ class DenseFactorization(Factorization):
         )
         return _pipeline.vector_to_rows(self.pipe, x)
 
-    def matvec(self, v):
-        """``(C + λI) v`` from the stored ``C``; ``v`` shaped like params."""
-        return _matvec(self, list(v))
+    def matvec_rows(self, v_rows):
+        """``(C + λI) v`` from the stored ``C``, on per-segment rows."""
+        x = _pipeline.rows_to_vector(v_rows, self.pipe.dtype)
+        return _pipeline.vector_to_rows(self.pipe, self.C @ x + self.damping * x)
 
     # -- what the factor tells ------------------------------------------------------------------
 
@@ -290,10 +291,3 @@ class DenseFactorization(Factorization):
                 "cross-entropy, or any model with more parameters than the batch constrains, is "
                 "singular without it."
             )
-
-
-@jax.jit
-def _matvec(F, v):
-    pipe = F.pipe
-    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, v), pipe.dtype)
-    return _pipeline.from_rows(pipe, _pipeline.vector_to_rows(pipe, F.C @ x + F.damping * x))

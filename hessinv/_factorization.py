@@ -6,7 +6,7 @@ space) returns a :class:`Factorization`: a pytree, so it crosses ``jit`` and ``v
 closed over, with the same methods everywhere. The routes differ only in cost (MATH.md section 7)
 and in which pivots can fail, which :meth:`Factorization.info` reports in one :class:`Info`.
 
-A subclass implements ``pipe``, ``damping``, :meth:`solve_rows`, :meth:`matvec`, ``_info``
+A subclass implements ``pipe``, ``damping``, :meth:`solve_rows`, :meth:`matvec_rows`, ``_info``
 and, where the route supports them, ``_logdet`` and ``_inertia``. The public methods here add
 what every route shares: ``g`` is validated against the parameters, eager calls raise instead of
 returning a wrong number, and every query runs jitted (keyed on the static pipeline), so the
@@ -44,8 +44,8 @@ class Factorization:
         """:meth:`solve` on per-segment row matrices (the flat form of a params-shaped tree)."""
         raise NotImplementedError
 
-    def matvec(self, v):
-        """``(C + λI) v``; ``v`` shaped like params."""
+    def matvec_rows(self, v_rows) -> list:
+        """:meth:`matvec` on per-segment row matrices."""
         raise NotImplementedError
 
     def _info(self) -> Info:
@@ -86,6 +86,10 @@ class Factorization:
         self._eager_check("solve")
         return _solve(self, list(g))
 
+    def matvec(self, v):
+        """``(C + λI) v`` from what the factorisation stores; ``v`` shaped like params."""
+        return _matvec(self, list(v))
+
     def logdet(self):
         """``(sign, log|det(C + λI)|)``."""
         self._eager_check("factor")
@@ -110,6 +114,7 @@ class Factorization:
 
 
 _solve = jax.jit(lambda F, g: _pipeline.from_rows(F.pipe, F.solve_rows(_pipeline.to_rows(F.pipe, g))))
+_matvec = jax.jit(lambda F, v: _pipeline.from_rows(F.pipe, F.matvec_rows(_pipeline.to_rows(F.pipe, v))))
 _logdet = jax.jit(lambda F: F._logdet())
 _inertia = jax.jit(lambda F: F._inertia())
 _info = jax.jit(lambda F: F._info())

@@ -240,13 +240,10 @@ class GaussNewtonFactorization(Factorization):
         t = jax.scipy.linalg.lu_solve((self.lu, self.piv), self.Z @ g)
         return _pipeline.vector_to_rows(self.pipe, (g - self.Z.T @ t) / self.damping)
 
-    def apply_flat(self, x):
-        """``(G + λI) x = λx + Zᵀ D Z x`` on a flat vector."""
-        return self.damping * x + self.Z.T @ (self.D * (self.Z @ x))
-
-    def matvec(self, v):
-        """``(G + λI) v``; ``v`` shaped like params."""
-        return _matvec(self, list(v))
+    def matvec_rows(self, v_rows):
+        """``(G + λI) v = λv + Zᵀ D Z v``, on per-segment rows."""
+        x = _pipeline.rows_to_vector(v_rows, self.pipe.dtype)
+        return _pipeline.vector_to_rows(self.pipe, self.damping * x + self.Z.T @ (self.D * (self.Z @ x)))
 
     # -- what the m × m matrices tell --------------------------------------------------------------
 
@@ -331,10 +328,3 @@ class GaussNewtonFactorization(Factorization):
             )
         if not np.all(info.finite):
             raise NonFiniteError("method='gauss_newton': NaN or inf in the factorisation of G + λI")
-
-
-@jax.jit
-def _matvec(F, v):
-    pipe = F.pipe
-    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, v), pipe.dtype)
-    return _pipeline.from_rows(pipe, _pipeline.vector_to_rows(pipe, F.apply_flat(x)))

@@ -155,14 +155,19 @@ def _cholesky_health(pivots):
     pd = jnp.array(True)
     est = None
     for Q in pivots:
-        L = jnp.linalg.cholesky(Q)
-        ok = jnp.all(jnp.isfinite(L), axis=(-2, -1))
-        dg = jnp.abs(jnp.diagonal(L, axis1=-2, axis2=-1))
-        top = jnp.max(dg, axis=-1)
-        rc = jnp.where(ok & (top > 0), (jnp.min(dg, axis=-1) / jnp.where(top > 0, top, 1)) ** 2, 0)
+        ok, rc = _cholesky_rcond(jnp.linalg.cholesky(Q))
         pd &= jnp.all(ok)
         est = jnp.min(rc) if est is None else jnp.minimum(est, jnp.min(rc))
     return pd, (jnp.asarray(jnp.inf) if est is None else est)
+
+
+def _cholesky_rcond(L):
+    """``(factorised, (min L_ii / max L_ii)²)`` of Cholesky factors ``L`` ``(..., p, p)``: the
+    factor exists (finite), and the estimate of the reciprocal condition (0 where it does not)."""
+    ok = jnp.all(jnp.isfinite(L), axis=(-2, -1))
+    dg = jnp.abs(jnp.diagonal(L, axis1=-2, axis2=-1))
+    top = jnp.max(dg, axis=-1)
+    return ok, jnp.where(ok & (top > 0), (jnp.min(dg, axis=-1) / jnp.where(top > 0, top, 1)) ** 2, 0)
 
 
 def _pivot_health(pivots, tol):
@@ -202,10 +207,8 @@ def _factorization_health(F, inertia):
     estimate (the ``m × m`` inertia and exact condition with ``inertia``)."""
     tol = F.rcond_tol()
     if F.route == "dense":
-        pd = F.is_pd & jnp.all(jnp.isfinite(F.chol))
-        dg = jnp.abs(jnp.diagonal(F.chol))
-        top = jnp.max(dg)
-        min_rcond = jnp.where(pd & (top > 0), (jnp.min(dg) / jnp.where(top > 0, top, 1)) ** 2, 0)
+        factorised, min_rcond = _cholesky_rcond(F.chol)
+        pd = F.is_pd & factorised
         if inertia:
             n_neg, info = F._inertia()[1], F._info()
             return pd, n_neg, info.min_rcond, info.ok

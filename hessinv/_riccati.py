@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _pipeline, _stage
+from . import _hvp, _pipeline, _stage
 from ._diagnostics import Info, make_info, rcond_tol, sign_counts
 from ._diagnostics import rcond as _rcond
 from ._factorization import Factorization
@@ -223,9 +223,9 @@ class RiccatiFactorization(Factorization):
             out.append(-(jnp.einsum("npa,na->np", st.G, dz_in) + ks[j]))
         return out
 
-    def matvec(self, v):
-        """``(H + λI) v`` from the blocks; ``v`` shaped like params."""
-        return self.blocks.matvec(v, self.damping)
+    def matvec_rows(self, v_rows):
+        """``(C + λI) v`` from the blocks (the paper's appendix A), on per-segment rows."""
+        return _hvp.structured_hvp_rows(self.blocks, v_rows, self.damping)
 
     # -- what the pivots tell -------------------------------------------------------------------
 

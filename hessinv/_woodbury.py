@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _pipeline
+from . import _hvp, _pipeline
 from ._blocks import Blocks
 from ._diagnostics import Info, route_code
 from ._diagnostics import raise_for as _raise_for_riccati
@@ -328,9 +328,9 @@ class WoodburyFactorization(Factorization):
         corr = _apply_A_inv(self, _apply_UT(self, u1, u2))  # eq. 28
         return [a - b for a, b in zip(v, corr)]
 
-    def matvec(self, v):
-        """``(H + λI) v`` from the blocks; ``v`` shaped like params."""
-        return self.blocks.matvec(v, self.damping)
+    def matvec_rows(self, v_rows):
+        """``(C + λI) v`` from the blocks (the paper's appendix A), on per-segment rows."""
+        return _hvp.structured_hvp_rows(self.blocks, v_rows, self.damping)
 
     # -- health -----------------------------------------------------------------------------------
 

@@ -119,11 +119,15 @@ def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> fl
     """
     n = _pipeline.n_params(pipe)
     if curvature == "ggn":
-        body, m = pipe.segments[:-1], pipe.segments[-1].a_in
-        fwd_body = sum(seg.n * forward_flops(seg) for seg in body)
-        form = 3 * min(n, m) * fwd_body + 4 * m * forward_flops(pipe.segments[-1]) + 2 * m * m * n + 2 * m * n * n
+        m = pipe.segments[-1].a_in
+        form = (
+            3 * min(n, m) * _forward(pipe.segments[:-1])
+            + 4 * m * forward_flops(pipe.segments[-1])
+            + 2 * m * m * n
+            + 2 * m * n * n
+        )
         return (form + n**3 / 3 + 2 * n * n) / mach.rate + 10 * mach.step
-    form = 4 * n * _forward(pipe) / mach.hessian_rate + n * pipe.n_layers * mach.tangent
+    form = 4 * n * _forward(pipe.segments) / mach.hessian_rate + n * pipe.n_layers * mach.tangent
     return form + (n**3 + 2 * n * n) / mach.rate
 
 
@@ -136,15 +140,16 @@ def dense_bytes(pipe: _pipeline.Pipeline) -> float:
     return jax.numpy.dtype(pipe.dtype).itemsize * (3 * n * n + n * activations)
 
 
-def _forward(pipe: _pipeline.Pipeline) -> float:
-    return sum(seg.n * forward_flops(seg) for seg in pipe.segments)
+def _forward(segments) -> float:
+    """One forward pass through ``segments``."""
+    return sum(seg.n * forward_flops(seg) for seg in segments)
 
 
 def gauss_newton_flops(pipe: _pipeline.Pipeline) -> float:
     """Gauss-Newton in the output space: ``J`` by ``min(m, n)`` passes, ``Z Zᵀ`` (``2 m² n``)
     and the ``m × m`` factorisations (``≈ 5 m³`` with the eigendecomposition of ``Hℓ``)."""
     n, m = _pipeline.n_params(pipe), pipe.segments[-1].a_in
-    return 3 * _forward(pipe) * min(m, n) + 2 * m * m * n + 4 * m * n + 5 * m**3
+    return 3 * _forward(pipe.segments) * min(m, n) + 2 * m * m * n + 4 * m * n + 5 * m**3
 
 
 def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine) -> float:
