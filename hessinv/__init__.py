@@ -9,6 +9,7 @@ Both take the cheapest exact route for the shapes at hand (``method="auto"``, se
 """
 
 from . import cost as cost
+from . import laplace as laplace
 from . import optax as optax
 from ._api import blocks as blocks
 from ._api import factorize as factorize
@@ -27,6 +28,8 @@ from ._factorization import Factorization as Factorization
 from ._gauss_newton import GaussNewtonFactorization as GaussNewtonFactorization
 from ._pipeline import Stack as Stack
 from ._riccati import RiccatiFactorization as RiccatiFactorization
+from ._spectrum import eigenvalue as eigenvalue
+from ._spectrum import eigenvalue_counts as eigenvalue_counts
 from ._woodbury import WoodburyFactorization as WoodburyFactorization
 
 __version__ = "0.1.0"

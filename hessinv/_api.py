@@ -49,6 +49,24 @@ def hvp(layers: Sequence, params: Sequence, z0: Any, v: Sequence) -> list:
 
     Returns:
       ``H v``, shaped like ``params``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, hessinv
+      >>> from jax.flatten_util import ravel_pytree
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def dense(z, x):
+      ...     return jnp.tanh(z @ x["W"] + x["c"])
+      >>> def mse(z, x):  # the last layer returns the scalar loss
+      ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+      >>> layers = [dense, mse]
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> params = [{"W": jax.random.normal(k1, (3, 4)), "c": jnp.zeros(4)}, {"w": jax.random.normal(k2, (4,))}]
+      >>> z0 = jax.random.normal(k3, (5, 3))  # a batch of 5 examples
+      >>> v = jax.tree.map(jnp.ones_like, params)
+      >>> Hv = hessinv.hvp(layers, params, z0, v)
+      >>> H = hessinv.hessian(layers, params, z0)  # the dense (n, n) Hessian, for the check only
+      >>> bool(jnp.allclose(ravel_pytree(Hv)[0], H @ ravel_pytree(v)[0]))
+      True
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, v, "v")
@@ -77,7 +95,43 @@ def route(
 ) -> str:
     """The exact route ``ihvp``/``factorize`` take for this pipeline: ``method`` itself, or for
     ``method="auto"`` the cheapest by the cost model of :mod:`hessinv.cost` (static shapes only,
-    so it is decided at trace time and never depends on the numbers)."""
+    so it is decided at trace time and never depends on the numbers).
+
+    Args:
+      layers: the pipeline's layers, as in :func:`hvp`.
+      params: its parameters, as in :func:`hvp`.
+      z0: the batch, as in :func:`hvp`.
+      damping: ``λ``; a damping known to be ``≤ 0`` rules out ``"gauss_newton"``, which needs ``λ > 0``.
+      curvature: ``"hessian"`` or ``"ggn"``.
+      method: as in :func:`ihvp`.
+
+    Returns:
+      ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
+
+    Examples:
+      Nothing is computed but shapes, so this is cheap even for deep networks.
+
+      >>> import jax, jax.numpy as jnp, hessinv
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def dense(z, x):
+      ...     return jnp.tanh(z @ x["W"] + x["c"])
+      >>> def mse(z, x):
+      ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+      >>> def xent(z, x):  # a parameter-free loss (params {}), as curvature="ggn" needs
+      ...     return -jnp.mean(jax.nn.log_softmax(z)[:, 0])
+      >>> init = lambda key: {"W": jax.random.normal(key, (4, 4)) / 2, "c": jnp.zeros(4)}
+      >>> stack = jax.vmap(init)(jax.random.split(jax.random.key(1), 511))
+      >>> first, head = init(jax.random.key(0)), {"w": jnp.ones(4)}
+      >>> z0 = jnp.ones((4, 4))  # batch 4, width 4
+      >>> deep = [dense, hessinv.Stack(dense, 511), mse]  # 512 layers, n = 10244
+      >>> hessinv.route(deep, [first, stack, head], z0)
+      'riccati'
+      >>> ggn = [dense, hessinv.Stack(dense, 511), xent]  # 4 outputs per example
+      >>> hessinv.route(ggn, [first, stack, {}], z0, curvature="ggn", damping=1e-3)
+      'gauss_newton'
+      >>> hessinv.route([dense, mse], [first, head], jnp.ones((64, 4)))  # 24 parameters, batch 64
+      'dense'
+    """
     pipe = _pipeline.build(layers, params, z0)
     return _route(pipe, method, curvature, _damping(pipe, damping))
 
@@ -113,11 +167,25 @@ def _route(pipe, method: str, curvature: str, damping) -> str:
 
 def _factorize_route(pipe, layers, params, z0, damping, curvature, route):
     if route in ("riccati", "woodbury"):
-        blk = _blocks.compute(pipe, params, z0, curvature)
-        module = _riccati if route == "riccati" else _woodbury
-        return module.factorize_blocks(blk, damping)
+        return damped(pipe, layers, params, z0, curvature, route)(damping)
     module = _dense if route == "dense" else _gauss_newton
     return module.factorize(pipe, tuple(layers), list(params), z0, damping, curvature)
+
+
+def damped(pipe, layers, params, z0, curvature: str, route: str):
+    """``λ ↦`` the route's factorisation of ``C + λI``, with the λ-independent part (the stage
+    blocks, the dense ``C``, or the output-space ``Z``) formed once here: for many dampings or
+    shifts (the optimiser's damping search, spectra by bisection, evidence maximisation). No
+    eager checks: the caller validates, and reads ``info()`` under ``jit``."""
+    if route in ("riccati", "woodbury"):
+        blk = _blocks.compute(pipe, list(params), z0, curvature)
+        module = _riccati if route == "riccati" else _woodbury
+        return lambda lam: module.factorize_blocks(blk, lam)
+    if route == "dense":
+        C = _dense.matrix(pipe, tuple(layers), list(params), z0, curvature)
+        return lambda lam: _dense.factor(pipe, C, lam)
+    ZDP = _gauss_newton.outputs_factor(pipe, list(params), z0)
+    return lambda lam: _gauss_newton.factor(pipe, ZDP, lam)
 
 
 def factorize(
@@ -150,6 +218,43 @@ def factorize(
       output space; cheapest when the network has few outputs (``m = batch × outputs ≪ n``);
     * ``"woodbury"``: the paper's own route (section 6), which needs square invertible
       ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks; never chosen by ``"auto"``.
+
+    Args:
+      layers: the pipeline's layers, as in :func:`hvp`.
+      params: its parameters, as in :func:`hvp`.
+      z0: the batch, as in :func:`hvp`.
+      damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
+      curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
+      method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
+
+    Returns:
+      A :class:`~hessinv.Factorization` (a pytree) of ``C + λI``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, hessinv
+      >>> from jax.flatten_util import ravel_pytree
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def dense(z, x):
+      ...     return jnp.tanh(z @ x["W"] + x["c"])
+      >>> def mse(z, x):
+      ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+      >>> layers = [dense, mse]
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> params = [{"W": jax.random.normal(k1, (3, 4)), "c": jnp.zeros(4)}, {"w": jax.random.normal(k2, (4,))}]
+      >>> z0 = jax.random.normal(k3, (5, 3))
+      >>> g = jax.grad(lambda p: hessinv.loss(layers, p, z0))(params)  # the gradient, shaped like params
+      >>> F = hessinv.factorize(layers, params, z0, damping=1e-3, method="riccati")
+      >>> x = F.solve(g)
+      >>> bool(jnp.allclose(ravel_pytree(F.matvec(x))[0], ravel_pytree(g)[0]))  # (H + λI) x = g
+      True
+      >>> xs = jax.vmap(F.solve)(jax.tree.map(lambda t: jnp.stack([t, -t]), g))  # two right-hand sides
+      >>> C = hessinv.hessian(layers, params, z0) + 1e-3 * jnp.eye(20)  # dense, for the checks only
+      >>> sign, logabsdet = F.logdet()
+      >>> bool(jnp.isclose(logabsdet, jnp.linalg.slogdet(C)[1]))
+      True
+      >>> n_pos, n_neg, n_zero = F.inertia()
+      >>> int(n_neg) == int(jnp.sum(jnp.linalg.eigvalsh(C) < 0))
+      True
     """
     pipe = _pipeline.build(layers, params, z0)
     damping = _damping(pipe, damping)
@@ -253,7 +358,9 @@ def ihvp(
     every layer shape and for indefinite ``C + λI``, in time linear in depth.
 
     Args:
-      layers, params, z0: the pipeline (see :func:`hvp`).
+      layers: the pipeline's layers, as in :func:`hvp`.
+      params: its parameters, as in :func:`hvp`.
+      z0: the batch, as in :func:`hvp`.
       g: shaped exactly like ``params``.
       damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
@@ -264,10 +371,36 @@ def ihvp(
     Returns:
       ``x`` shaped like ``params``, or ``(x, info)`` with ``return_info=True``.
 
-    Raises (outside ``jit``, unless ``return_info=True``):
-      NonFiniteError: NaN/inf in params, z0, g, or the blocks.
+    Raises:
+      NonFiniteError: NaN/inf in params, z0, g, or the blocks (outside ``jit``, unless
+        ``return_info=True``).
       SingularPivotError: the route's pivots are (numerically) singular; the message names the
-        layer (stage recursion) or the route.
+        layer (stage recursion) or the route (outside ``jit``, unless ``return_info=True``).
+
+    Examples:
+      The right-hand side is usually a gradient; here the answer is checked against the dense
+      solve.
+
+      >>> import jax, jax.numpy as jnp, hessinv
+      >>> from jax.flatten_util import ravel_pytree
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def dense(z, x):
+      ...     return jnp.tanh(z @ x["W"] + x["c"])
+      >>> def mse(z, x):
+      ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+      >>> layers = [dense, mse]
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> params = [{"W": jax.random.normal(k1, (3, 4)), "c": jnp.zeros(4)}, {"w": jax.random.normal(k2, (4,))}]
+      >>> z0 = jax.random.normal(k3, (5, 3))
+      >>> g = jax.grad(lambda p: hessinv.loss(layers, p, z0))(params)  # the gradient, shaped like params
+      >>> x = hessinv.ihvp(layers, params, z0, g, damping=1e-3)  # (H + 1e-3 I)^{-1} g
+      >>> H = hessinv.hessian(layers, params, z0)  # the dense (20, 20) Hessian, for the check only
+      >>> ref = jnp.linalg.solve(H + 1e-3 * jnp.eye(20), ravel_pytree(g)[0])
+      >>> bool(jnp.allclose(ravel_pytree(x)[0], ref, rtol=1e-8))
+      True
+      >>> x, info = hessinv.ihvp(layers, params, z0, g, damping=1e-3, return_info=True)
+      >>> bool(info.ok), info.route_name  # the route method="auto" took for these shapes
+      (True, 'dense')
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, g, "g")

@@ -196,6 +196,36 @@ class DenseFactorization(Factorization):
         )
         return _pipeline.vector_to_rows(self.pipe, x)
 
+    def _inverse_blocks_rows(self, diagonal: bool):
+        """The diagonal blocks of ``(C + λI)^{-1}`` from the factor: ``n`` solves against the
+        identity (``O(n³)``, the cost of the factorisation)."""
+        dt, n = self.pipe.dtype, self.n
+        inv = sym(
+            jax.lax.cond(
+                self.is_pd,
+                lambda eye: jax.vmap(lambda e: cho_solve(self.chol, e), out_axes=1)(eye),
+                lambda eye: jax.vmap(lambda e: lu_solve(self.lu, self.perm, e), out_axes=1)(eye),
+                jnp.eye(n, dtype=dt),
+            )
+        )
+        out, i = [], 0
+        for seg in self.pipe.segments:
+            k = seg.n * seg.p
+            X = jnp.reshape(inv[i : i + k, i : i + k], (seg.n, seg.p, seg.n, seg.p))
+            idx = jnp.arange(seg.n)
+            B = X[idx, :, idx, :]  # (n_seg, p, p): layer t's own block
+            out.append(jnp.diagonal(B, axis1=1, axis2=2) if diagonal else B)
+            i += k
+        return out
+
+    def _sample_rows(self, eps_rows):
+        """``x = L^{-T} ε`` with ``C + λI = L Lᵀ``: ``Cov(x) = (L Lᵀ)^{-1}``. NaN unless ``C + λI``
+        is positive definite (the Cholesky factor is NaN-filled then)."""
+        eps = _pipeline.rows_to_vector(eps_rows, self.pipe.dtype)
+        tri = jax.lax.linalg.triangular_solve
+        x = tri(self.chol, eps[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
+        return _pipeline.vector_to_rows(self.pipe, x)
+
     def matvec_rows(self, v_rows):
         """``(C + λI) v`` from the stored ``C``, on per-segment rows."""
         x = _pipeline.rows_to_vector(v_rows, self.pipe.dtype)

@@ -211,6 +211,7 @@ class GaussNewtonFactorization(Factorization):
     """
 
     route = "gauss_newton"
+    _sample_needs = " and, on this route, a convex loss (Hℓ ⪰ 0; method='dense' or 'riccati' have no such limit)"
 
     def __init__(self, pipe, damping, Z, D, P, lu, piv):
         self._pipe = pipe
@@ -244,6 +245,49 @@ class GaussNewtonFactorization(Factorization):
         """``(G + λI) v = λv + Zᵀ D Z v``, on per-segment rows."""
         x = _pipeline.rows_to_vector(v_rows, self.pipe.dtype)
         return _pipeline.vector_to_rows(self.pipe, self.damping * x + self.Z.T @ (self.D * (self.Z @ x)))
+
+    # -- selected inversion and sampling ---------------------------------------------------------
+
+    def _inverse_blocks_rows(self, diagonal: bool):
+        """Blocks of ``(G + λI)^{-1} = (I − Zᵀ K^{-1} Z) / λ``: with ``W = K^{-1} Z`` (``m`` LU
+        solves, ``m² n``), layer ``t``'s block is ``(I − Z_tᵀ W_t) / λ`` (``m p²`` each)."""
+        dt = self.pipe.dtype
+        W = jax.scipy.linalg.lu_solve((self.lu, self.piv), self.Z)
+        out, i = [], 0
+        for seg in self.pipe.segments:
+            k = seg.n * seg.p
+            m = self.Z.shape[0]
+            Zs = jnp.reshape(self.Z[:, i : i + k], (m, seg.n, seg.p))
+            Ws = jnp.reshape(W[:, i : i + k], (m, seg.n, seg.p))
+            if diagonal:
+                out.append((1 - jnp.einsum("mia,mia->ia", Zs, Ws)) / self.damping)
+            else:
+                ZW = jnp.einsum("mia,mib->iab", Zs, Ws)
+                out.append(jax.vmap(sym)(jnp.eye(seg.p, dtype=dt) - ZW) / self.damping)
+            i += k
+        return out
+
+    def _sample_rows(self, eps_rows):
+        """``x = (G + λI)^{-1/2} ε`` for a convex loss (``Hℓ ⪰ 0``, so ``G + λI = λI + ZᵀZ``).
+
+        With ``ZZᵀ = U diag(s²) Uᵀ`` the symmetric root is
+        ``(G + λI)^{-1/2} = λ^{-1/2} I + Zᵀ U diag(h) Uᵀ Z`` with
+        ``h = ((λ + s²)^{-1/2} − λ^{-1/2}) / s² = −1 / (√λ √(λ+s²) (√λ + √(λ+s²)))``, which needs
+        no division by ``s`` (zero singular values are fine). NaN where ``Hℓ`` has a negative
+        eigenvalue or ``λ ≤ 0`` (this route then has no real root to offer)."""
+        dt = self.pipe.dtype
+        eps = _pipeline.rows_to_vector(eps_rows, dt)
+        s2, U = jnp.linalg.eigh(self.P)
+        r, rs = jnp.sqrt(self.damping), jnp.sqrt(self.damping + jnp.maximum(s2, 0))
+        h = -1 / (r * rs * (r + rs))
+        x = eps / r + self.Z.T @ (U @ (h * (U.T @ (self.Z @ eps))))
+        bad = jnp.any(self.D < 0) | ~(self.damping > 0)
+        return _pipeline.vector_to_rows(self.pipe, jnp.where(bad, jnp.nan, x))
+
+    def _is_positive_definite(self):
+        """``G + λI`` positive definite and ``Hℓ ⪰ 0`` (what :meth:`_sample_rows` needs)."""
+        pos, _, _ = self._inertia()
+        return (pos == _pipeline.n_params(self.pipe)) & ~jnp.any(self.D < 0)
 
     # -- what the m × m matrices tell --------------------------------------------------------------
 

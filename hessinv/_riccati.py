@@ -177,6 +177,10 @@ class RiccatiFactorization(Factorization):
         ``dz_l = (A_l − B_l G_l) dz_{l-1} − B_l k_l``; the pivot solves
         ``k_l = Q_uu^{-1}(B_lᵀ s_l − g_l)`` and ``dx_l = −(G_l dz_{l-1} + k_l)`` are batched.
         A large layer (no closed-loop map kept) takes ``A_l`` and ``B_l`` separately instead."""
+        return self._forward(self._backward(g_rows))
+
+    def _backward(self, g_rows):
+        """The backward pass: ``k_l = Q_uu^{-1}(B_lᵀ s_l − g_l)`` per segment (``T^{-T} g``, scaled)."""
         pipe, dt = self.pipe, self.pipe.dtype
         segs = pipe.segments
         ks = [None] * len(segs)
@@ -202,10 +206,15 @@ class RiccatiFactorization(Factorization):
             else:
                 q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
                 ks[j] = jax.vmap(lu_solve)(st.lu, st.perm, q_u)
+        return ks
 
+    def _forward(self, ks):
+        """The forward pass ``dx_l = −(G_l dz_{l-1} + k_l)``, ``dz_l = A_l dz_{l-1} + B_l dx_l``
+        from ``dz_0 = 0``: ``x = T^{-1}(−k)`` for the unit block-triangular ``T``."""
+        dt = self.pipe.dtype
         out = []
         dz = jnp.zeros((0,), dt)  # dz_0 = 0
-        for j, seg in enumerate(segs):
+        for j, seg in enumerate(self.pipe.segments):
             blk, st = self.blocks.segments[j], self.stages[j]
             if _stage.is_large(seg):
 
@@ -222,6 +231,48 @@ class RiccatiFactorization(Factorization):
             dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (st.A_cl, Bk), seg.n)
             out.append(-(jnp.einsum("npa,na->np", st.G, dz_in) + ks[j]))
         return out
+
+    # -- selected inversion and sampling (MATH.md section 3) ------------------------------------
+
+    def _inverse_blocks_rows(self, diagonal: bool):
+        """``[(C+λI)^{-1}]_ll = Q_uu,l^{-1} + G_l Σ_{l-1} G_lᵀ`` by one forward pass over
+        ``Σ_l = (A_l − B_l G_l) Σ_{l-1} (A_l − B_l G_l)ᵀ + B_l Q_uu,l^{-1} B_lᵀ`` from ``Σ_0 = 0``.
+
+        With ``C + λI = Tᵀ D T`` the inverse is ``T^{-1} D^{-1} T^{-T}``, and the forward pass
+        (:meth:`_forward`) applies ``T^{-1}``: ``Σ_l`` is the "covariance" of ``dz_l`` when the
+        stages' inputs have covariance ``Q_uu^{-1}`` (the Rauch-Tung-Striebel smoother; the
+        algebra holds for indefinite pivots too). ``O(a² (a + p) + p³)`` per layer."""
+        dt = self.pipe.dtype
+        Sigma = jnp.zeros((0, 0), dt)  # Σ_0 = 0: z_0 does not depend on the parameters
+        out = []
+        for seg, blk, st in zip(self.pipe.segments, self.blocks.segments, self.stages):
+            eye = jnp.eye(seg.p, dtype=dt)
+
+            def step(Sig, xs, p=seg.p, eye=eye):
+                A, B, G, lu, perm = xs
+                Qinv = sym(lu_solve(lu, perm, eye)) if p else eye
+                GS = G @ Sig
+                block = jnp.diagonal(Qinv) + jnp.sum(GS * G, axis=1) if diagonal else sym(Qinv + GS @ G.T)
+                A_cl = A - B @ G
+                return sym(A_cl @ Sig @ A_cl.T + B @ Qinv @ B.T), block
+
+            Sigma, blocks = _pipeline.scan(step, Sigma, (blk.A, blk.B, st.G, st.lu, st.perm), seg.n)
+            out.append(blocks)
+        return out
+
+    def _sample_rows(self, eps_rows):
+        """``x = T^{-1} y`` with ``y_l = L_l^{-T} ε_l`` (``Q_uu,l = L_l L_lᵀ``), so that
+        ``Cov(x) = T^{-1} D^{-1} T^{-T} = (C + λI)^{-1}``; the Cholesky factors are NaN (and so
+        the samples) where a pivot is not positive definite."""
+        tri = functools.partial(jax.lax.linalg.triangular_solve, left_side=True, lower=True, transpose_a=True)
+        ys = []
+        for seg, st, eps in zip(self.pipe.segments, self.stages, eps_rows):
+            if seg.p == 0:
+                ys.append(eps)
+                continue
+            L = jnp.linalg.cholesky(st.Q_uu)
+            ys.append(jax.vmap(lambda L, e: tri(L, e[:, None])[:, 0])(L, eps.astype(L.dtype)))
+        return self._forward([-y for y in ys])
 
     def matvec_rows(self, v_rows):
         """``(C + λI) v`` from the blocks (the paper's appendix A), on per-segment rows."""
