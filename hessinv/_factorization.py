@@ -148,7 +148,27 @@ class Factorization:
 
         The stage recursion computes it by selected inversion (one extra pass over the layers,
         MATH.md section 3), the dense and output-space routes from their factors; no route forms
-        the inverse."""
+        the inverse.
+
+        Examples:
+          >>> import jax, jax.numpy as jnp, numpy as np, hessinv
+          >>> from jax.flatten_util import ravel_pytree
+          >>> jax.config.update("jax_enable_x64", True)
+          >>> def layer(z, x):
+          ...     return jnp.tanh(z @ x["W"] + x["c"])
+          >>> def mse(z, x):
+          ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+          >>> init = lambda k: {"W": jax.random.normal(k, (3, 3)), "c": jnp.zeros(3)}
+          >>> layers = [layer, hessinv.Stack(layer, 3), mse]
+          >>> params = [init(jax.random.key(0)), jax.vmap(init)(jax.random.split(jax.random.key(1), 3)),
+          ...           {"w": jnp.ones(3)}]
+          >>> z0 = jax.random.normal(jax.random.key(2), (4, 3))
+          >>> F = hessinv.factorize(layers, params, z0, damping=0.1)   # indefinite H + 0.1 I
+          >>> d = F.inverse_diagonal()                                  # shaped like params
+          >>> M = hessinv.hessian(layers, params, z0) + 0.1 * np.eye(51)
+          >>> bool(np.allclose(ravel_pytree(d)[0], np.diag(np.linalg.inv(M))))
+          True
+        """
         self._eager_check("solve")
         return _pipeline.from_rows(self.pipe, _inverse_blocks(self, True))
 

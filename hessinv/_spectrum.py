@@ -177,7 +177,9 @@ def eigenvalue(
     miss an eigenvalue of a cluster or mistake a ghost for one: every count is exact.
 
     Args:
-      layers, params, z0: the pipeline (see :func:`hessinv.hvp`).
+      layers: the pipeline's layers (see :func:`hessinv.hvp`).
+      params: its parameters.
+      z0: the batch.
       index: an int or a sequence of ints; ``0`` is the smallest eigenvalue, ``-1`` the largest
         (negative indices count from the top, like Python's). Several indices are bisected
         together (vmapped).
@@ -190,6 +192,23 @@ def eigenvalue(
       A scalar for an int ``index``, else an array of eigenvalues. Under ``jit`` an eigenvalue
       whose counts could not be made exact (every tried shift left a singular pivot) is NaN;
       eagerly that raises :class:`~hessinv.SingularPivotError`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, numpy as np, hessinv
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def layer(z, x):
+      ...     return jnp.tanh(z @ x["W"] + x["c"])
+      >>> def mse(z, x):
+      ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+      >>> init = lambda k: {"W": jax.random.normal(k, (3, 3)), "c": jnp.zeros(3)}
+      >>> layers = [layer, hessinv.Stack(layer, 3), mse]
+      >>> params = [init(jax.random.key(0)), jax.vmap(init)(jax.random.split(jax.random.key(1), 3)),
+      ...           {"w": jnp.ones(3)}]
+      >>> z0 = jax.random.normal(jax.random.key(2), (4, 3))
+      >>> lo_hi = hessinv.eigenvalue(layers, params, z0, [0, -1], tol=1e-10)  # λ_min, λ_max
+      >>> w = np.linalg.eigvalsh(hessinv.hessian(layers, params, z0))         # the dense check
+      >>> bool(np.allclose(lo_hi, w[[0, -1]], atol=1e-9)), bool(w[0] < 0)
+      (True, True)
     """
     pipe, route = _prepare(layers, params, z0, curvature, method)
     n = _pipeline.n_params(pipe)
@@ -236,6 +255,26 @@ def eigenvalue_counts(
     Returns:
       ``int32`` counts, ``len(edges) - 1`` of them. Eagerly, an edge whose count could not be made
       exact raises :class:`~hessinv.SingularPivotError`; under ``jit`` its counts are -1.
+
+    Examples:
+      The number of negative eigenvalues, exactly (``layers, params, z0`` as in
+      :func:`eigenvalue`'s example):
+
+      >>> import jax, jax.numpy as jnp, numpy as np, hessinv
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def layer(z, x):
+      ...     return jnp.tanh(z @ x["W"] + x["c"])
+      >>> def mse(z, x):
+      ...     return jnp.mean((z @ x["w"] - 1.0) ** 2)
+      >>> init = lambda k: {"W": jax.random.normal(k, (3, 3)), "c": jnp.zeros(3)}
+      >>> layers = [layer, hessinv.Stack(layer, 3), mse]
+      >>> params = [init(jax.random.key(0)), jax.vmap(init)(jax.random.split(jax.random.key(1), 3)),
+      ...           {"w": jnp.ones(3)}]
+      >>> z0 = jax.random.normal(jax.random.key(2), (4, 3))
+      >>> n_neg, n_pos = hessinv.eigenvalue_counts(layers, params, z0, [-jnp.inf, 0.0, jnp.inf])
+      >>> w = np.linalg.eigvalsh(hessinv.hessian(layers, params, z0))
+      >>> int(n_neg) == int(np.sum(w < 0)), int(n_neg + n_pos)
+      (True, 51)
     """
     pipe, route = _prepare(layers, params, z0, curvature, method)
     e = jnp.asarray(edges, pipe.dtype)
