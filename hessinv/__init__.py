@@ -8,6 +8,7 @@ Both take the cheapest exact route for the shapes at hand (``method="auto"``, se
 :mod:`hessinv.cost`): the stage recursion, the dense matrix, or Gauss-Newton in the output space.
 """
 
+from . import adapters as adapters
 from . import cost as cost
 from . import laplace as laplace
 from . import optax as optax

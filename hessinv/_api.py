@@ -409,7 +409,11 @@ def ihvp(
     if _pipeline.is_concrete(params, z0, g, damping):
         if not return_info:
             _check_inputs(params, z0, g=g)
-        x, info = _ihvp_jit(tuple(layers), list(params), z0, list(g), damping, curvature, r)
+        # A plain list's runs of identical entries go in as stacked arrays (one per leaf and run,
+        # not one per entry): XLA's compile time then stays flat in the length of the list.
+        gl, gp, gg = _pipeline.grouped(pipe, layers, params, g)
+        x, info = _ihvp_jit(gl, gp, z0, gg, damping, curvature, r)
+        x = _pipeline.ungrouped(pipe, x)
         if return_info:
             return x, info
         if r == "riccati":

@@ -7,9 +7,12 @@ A user hands us ``layers`` (functions, or :class:`Stack` for a run of identical 
 * group the expanded layer sequence into *segments*: maximal runs of the same function with the
   same parameter and activation shapes. Every per-layer computation is then a ``vmap`` or a
   ``lax.scan`` over a segment, so compile time depends on the number of distinct segments, not
-  on depth;
+  on depth. A run of consecutive plain entries (the same function object ``f`` listed again
+  and again) is one segment exactly as ``Stack(f, n)`` would be: it is traced once, and its
+  params are stacked leaf by leaf, never touched one entry at a time by the recursions;
 * convert between a params-shaped pytree (params, ``v``, ``g``) and per-segment row matrices
-  ``(n, p)`` that the recursions consume.
+  ``(n, p)`` that the recursions consume, and (:func:`grouped`, :func:`ungrouped`) between the
+  user's list and the same pipeline with each such run written as one :class:`Stack`.
 
 The first layer is always its own segment, with its input ``z_0`` frozen: ``dz_0 = 0``, so its
 input block has dimension 0 (MATH.md section 3) and a wide raw input never enters a Jacobian.
@@ -138,6 +141,17 @@ def _eval_layer(fn, in_spec, param_spec, where: str) -> _flat.Spec:
     return _flat.spec_of(out, [any(o is v for v in carried_in) for o in closed.jaxpr.outvars])
 
 
+def _check_floating(x, xs: _flat.Spec, e: int) -> None:
+    if all(jnp.issubdtype(d, jnp.inexact) for d in xs.dtypes):
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(x):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise TypeError(
+                f"params[{e}]{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
+                "parameters must be floating point (carry integer data in z0 instead)"
+            )
+
+
 def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
     """Validate the pipeline and group it into segments. Runs at trace time only."""
     if callable(layers) or isinstance(layers, Stack):
@@ -153,7 +167,7 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
         raise PipelineError("the pipeline is empty: give at least one layer")
 
     entries, entry_specs, units = [], [], []
-    k = 0
+    k, checked = 0, None
     # z0 is data: every floating leaf of it is carried until a layer computes from it.
     z_spec = _flat.spec_of(z0, [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in jax.tree.leaves(z0)])
     act_specs = [z_spec]
@@ -163,12 +177,9 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
         if not callable(fn):
             raise PipelineError(f"layers[{e}] is not callable: {type(fn).__name__}")
         xs = _flat.spec_of(x)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(x):
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                raise TypeError(
-                    f"params[{e}]{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
-                    "parameters must be floating point (carry integer data in z0 instead)"
-                )
+        if xs != checked:  # an entry like the one before (a plain run) needs no second look
+            _check_floating(x, xs, e)
+            checked = xs
         if is_stack:
             bad = [s for s in xs.shapes if len(s) == 0 or s[0] != depth]
             if bad:
@@ -245,7 +256,7 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
         Segment(fn, n, tuple(pieces), start, i, o, xs, frozen_input=(j == 0))
         for j, (fn, n, pieces, xs, i, o, start) in enumerate(merged)
     )
-    dtype = _flat.float_dtype(*entry_specs, *act_specs)
+    dtype = _flat.float_dtype(*dict.fromkeys(entry_specs), *dict.fromkeys(act_specs))
     return Pipeline(tuple(entries), tuple(entry_specs), _flat.spec_of(params), segments, dtype, n_layers)
 
 
@@ -271,34 +282,142 @@ def is_concrete(*trees) -> bool:
 # -- params-shaped pytrees <-> per-segment row matrices ------------------------------------------
 
 
-def to_rows(pipe: Pipeline, tree: Sequence) -> list:
-    """A params-shaped pytree as one ``(n, p)`` matrix per segment (row ``i`` = layer ``i``)."""
-    dt = pipe.dtype
-    entry_rows = []
-    for t, xs, (_, _, is_stack) in zip(tree, pipe.entry_specs, pipe.entries):
-        if is_stack:
-            entry_rows.append(jax.vmap(lambda x, xs=xs: _flat.ravel(xs, x, dt))(t))
+#: Stacks and unstacks go in chunks of this many arrays: one concatenate (or split) of thousands
+#: of operands costs XLA seconds to compile, eagerly and inside ``jit`` alike.
+_CHUNK = 64
+
+
+def stack_trees(trees: Sequence) -> Any:
+    """``jnp.stack`` of same-shaped pytrees, leaf by leaf (a new leading axis)."""
+
+    def leaf(*xs):
+        if len(xs) <= _CHUNK:
+            return jnp.stack(xs)
+        return jnp.concatenate([jnp.stack(xs[i : i + _CHUNK]) for i in range(0, len(xs), _CHUNK)])
+
+    return jax.tree.map(leaf, *trees)
+
+
+def unstack_tree(tree: Any, n: int) -> list:
+    """Inverse of :func:`stack_trees`: the ``n`` slices of ``tree`` along its leading axis, cut 8 at a
+    time from blocks of 8 (eagerly, one compiled program serves every block)."""
+    leaves, treedef = jax.tree.flatten(tree)
+
+    def leaf(a):
+        full, out = n - n % 8, []
+        if full:
+            blocks = jnp.reshape(jax.lax.slice_in_dim(a, 0, full), (full // 8, 8, *a.shape[1:]))
+            for b in range(full // 8):
+                out.extend(jax.lax.unstack(jax.lax.dynamic_index_in_dim(blocks, b, 0, keepdims=False)))
+        if full < n:
+            out.extend(jax.lax.unstack(jax.lax.slice_in_dim(a, full, n)))
+        return out
+
+    cols = [leaf(a) for a in leaves]
+    return [jax.tree.unflatten(treedef, [c[i] for c in cols]) for i in range(n)]
+
+
+def _pieces(pipe: Pipeline, seg: Segment):
+    """A segment's pieces, with each run of consecutive plain entries gathered: yields
+    ``(entries, None)`` for such a run (a list of entry indices) and ``(None, piece)`` for a
+    piece of a Stack."""
+    run = []
+    for p in seg.pieces:
+        if pipe.entries[p.entry][2]:
+            if run:
+                yield run, None
+                run = []
+            yield None, p
         else:
-            entry_rows.append(_flat.ravel(xs, t, dt)[None])
+            run.append(p.entry)
+    if run:
+        yield run, None
+
+
+def to_rows(pipe: Pipeline, tree: Sequence) -> list:
+    """A params-shaped pytree as one ``(n, p)`` matrix per segment (row ``i`` = layer ``i``).
+    A run of plain entries is stacked leaf by leaf and raveled once, as a Stack's params are."""
+    dt = pipe.dtype
+    stack_rows = {}  # a Stack's rows, raveled once even where its copies span two segments
     out = []
     for seg in pipe.segments:
-        parts = [entry_rows[p.entry][p.lo : p.hi] for p in seg.pieces]
+        parts = []
+        for run, piece in _pieces(pipe, seg):
+            if run is None:
+                e = piece.entry
+                if e not in stack_rows:
+                    stack_rows[e] = jax.vmap(lambda x, xs=pipe.entry_specs[e]: _flat.ravel(xs, x, dt))(tree[e])
+                parts.append(stack_rows[e][piece.lo : piece.hi])
+            elif len(run) == 1:
+                parts.append(_flat.ravel(seg.param_spec, tree[run[0]], dt)[None])
+            else:
+                stacked = stack_trees([tree[e] for e in run])
+                parts.append(jax.vmap(lambda x, xs=seg.param_spec: _flat.ravel(xs, x, dt))(stacked))
         out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
     return out
 
 
 def from_rows(pipe: Pipeline, seg_rows: Sequence) -> list:
     """Inverse of :func:`to_rows`: per-segment rows back to a params-shaped list."""
-    parts = [[] for _ in pipe.entries]
+    out = [None] * len(pipe.entries)
+    stack_parts = {}  # a Stack's row blocks, in layer order
     for seg, rows in zip(pipe.segments, seg_rows):
         i = 0
-        for p in seg.pieces:
-            parts[p.entry].append(rows[i : i + p.hi - p.lo])
-            i += p.hi - p.lo
-    out = []
-    for ps, xs, (_, _, is_stack) in zip(parts, pipe.entry_specs, pipe.entries):
-        rows = ps[0] if len(ps) == 1 else jnp.concatenate(ps)
-        out.append(jax.vmap(lambda r, xs=xs: _flat.unravel(xs, r))(rows) if is_stack else _flat.unravel(xs, rows[0]))
+        for run, piece in _pieces(pipe, seg):
+            k = len(run) if piece is None else piece.hi - piece.lo
+            block = rows if k == seg.n else jax.lax.slice_in_dim(rows, i, i + k)
+            i += k
+            if piece is not None:
+                stack_parts.setdefault(piece.entry, []).append(block)
+            elif k == 1:
+                out[run[0]] = _flat.unravel(seg.param_spec, block[0])
+            else:
+                stacked = jax.vmap(lambda r, xs=seg.param_spec: _flat.unravel(xs, r))(block)
+                for e, t in zip(run, unstack_tree(stacked, k)):
+                    out[e] = t
+    for e, parts in stack_parts.items():
+        rows = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        out[e] = jax.vmap(lambda r, xs=pipe.entry_specs[e]: _flat.unravel(xs, r))(rows)
+    return out
+
+
+def _runs(pipe: Pipeline) -> dict:
+    """``{first entry: length}`` of every run of two or more consecutive plain entries that lie
+    in one segment (the same function on the same shapes: what a Stack would hold)."""
+    return {run[0]: len(run) for seg in pipe.segments for run, _ in _pieces(pipe, seg) if run and len(run) > 1}
+
+
+def grouped(pipe: Pipeline, layers: Sequence, *trees: Sequence) -> tuple:
+    """``(layers, *trees)`` with every run of consecutive plain entries of one segment written as
+    a single :class:`Stack` entry (its params, ``v`` or ``g`` stacked): the same expanded layers,
+    which :func:`build` groups into the same segments, so every result is the same. A program
+    traced on the grouped form takes one stacked array a leaf and run instead of one array an
+    entry, which keeps XLA's compile time flat in the length of a plain list. Expanded layer
+    ``k`` is layer ``k`` of both forms, so ``pipe`` still names it in messages."""
+    runs = _runs(pipe)
+    if not runs:
+        return (tuple(layers), *(list(t) for t in trees))
+    new_layers, new_trees, e = [], [[] for _ in trees], 0
+    while e < len(pipe.entries):
+        n = runs.get(e, 1)
+        new_layers.append(Stack(layers[e], n) if n > 1 else layers[e])
+        for out, t in zip(new_trees, trees):
+            out.append(stack_trees([t[i] for i in range(e, e + n)]) if n > 1 else t[e])
+        e += n
+    return (tuple(new_layers), *new_trees)
+
+
+def ungrouped(pipe: Pipeline, tree: Sequence) -> list:
+    """Inverse of :func:`grouped` for one tree shaped like the grouped params (``ihvp``'s or
+    ``hvp``'s answer): back to one entry per user entry."""
+    runs = _runs(pipe)
+    if not runs:
+        return list(tree)
+    out, e = [], 0
+    for t in tree:
+        n = runs.get(e, 1)
+        out.extend(unstack_tree(t, n) if n > 1 else [t])
+        e += n
     return out
 
 

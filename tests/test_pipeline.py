@@ -6,7 +6,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PIPELINES, dense_tanh, flat, like, mlp, rel_err, residual, stacked, xent_head
+from helpers import (
+    PIPELINES,
+    dense_tanh,
+    flat,
+    like,
+    mlp,
+    normalize,
+    ref_hessian,
+    rel_err,
+    residual,
+    stacked,
+    xent_head,
+)
 
 import hessinv
 
@@ -141,3 +153,115 @@ def test_pipeline_is_hashable_static_data():
     p1 = _pipeline.build(layers, params, z0)
     p2 = _pipeline.build(layers, like(params), z0)
     assert p1 == p2 and hash(p1) == hash(p2)
+
+
+# -- a plain list of one function: one segment, as a Stack would be ------------------------------
+
+
+def _unrolled(depth, **kw):
+    """The ``stacked`` pipeline (first layer, ``Stack(residual, depth)``, head) and the same
+    network as a plain list with ``residual`` listed ``depth`` times."""
+    layers, params, z0 = stacked(depth=depth, **kw)
+    unroll = lambda t: [t[0]] + [jax.tree.map(lambda a, i=i: a[i], t[1]) for i in range(depth)] + [t[2]]
+    return layers, params, [dense_tanh] + [residual] * depth + [xent_head], unroll, z0
+
+
+def _dense(layers, params, z0, lam):
+    H = np.asarray(jax.jit(lambda p: ref_hessian(layers, p, z0))(params))
+    return H + lam * np.eye(len(H))
+
+
+def test_plain_list_of_one_function_is_a_stack():
+    """ihvp, hvp and logdet of ``[f] * n`` equal those of ``Stack(f, n)`` and the dense answers."""
+    layers, params, plain, unroll, z0 = _unrolled(6)
+    pp, g = unroll(params), like(unroll(params))
+    lam = 0.1
+    C = _dense(plain, pp, z0, lam)
+    x = ihvp(plain, pp, z0, g, damping=lam)
+    assert isinstance(x, list) and jax.tree.structure(x) == jax.tree.structure(pp)
+    assert rel_err(flat(x), np.linalg.solve(C, flat(g))) < 1e-10
+    g_stack = [g[0], jax.tree.map(lambda *a: jnp.stack(a), *g[1:-1]), g[-1]]
+    x_stack = ihvp(layers, params, z0, g_stack, damping=lam)
+    assert rel_err(flat(x), flat(unroll(x_stack))) < 1e-13
+    Hv = hessinv.hvp(plain, pp, z0, g)
+    assert rel_err(flat(Hv), (C - lam * np.eye(len(C))) @ flat(g)) < 1e-12
+    sign, logdet = factorize(plain, pp, z0, damping=lam).logdet()
+    ref_sign, ref_logdet = np.linalg.slogdet(C)
+    assert sign == ref_sign and abs(logdet - ref_logdet) < 1e-9 * abs(ref_logdet)
+
+
+def test_plain_list_segments_match_the_stack():
+    """``[f] * 64 + [head]``: as many segments as ``[Stack(f, 64), head]`` (the first layer is
+    peeled off: its input is the data)."""
+    _, params, plain, unroll, z0 = _unrolled(64)
+    plain, pp = plain[1:], unroll(params)[1:]
+    seg_plain = _pipeline.build(plain, pp, z0).segments
+    seg_stack = _pipeline.build([hessinv.Stack(residual, 64), xent_head], [params[1], params[2]], z0).segments
+    assert len(seg_plain) == len(seg_stack) == 3
+    assert [(s.n, s.start, s.in_spec, s.out_spec) for s in seg_plain] == [
+        (s.n, s.start, s.in_spec, s.out_spec) for s in seg_stack
+    ]
+
+
+def _mixed():
+    """Runs of ``residual`` interrupted by a parameter-free layer and by a Stack of the same
+    function, then ``dense_tanh`` three times with different parameter shapes."""
+    _, params, z0 = stacked(depth=3, w=3)
+    ks = iter(jax.random.split(jax.random.PRNGKey(5), 32))
+    dense = lambda i, o, s=0.7: {
+        "W": s / np.sqrt(i) * jax.random.normal(next(ks), (i, o)),
+        "c": 0.1 * jax.random.normal(next(ks), (o,)),
+    }
+    layers = [dense_tanh, residual, residual, normalize, residual, residual, residual]
+    ps = [params[0], dense(3, 3), dense(3, 3), {}, dense(3, 3), dense(3, 3), dense(3, 3)]
+    layers += [hessinv.Stack(residual, 3), residual, residual]
+    ps += [params[1], dense(3, 3), dense(3, 3)]
+    layers += [dense_tanh, dense_tanh, dense_tanh, xent_head]
+    ps += [dense(3, 4), dense(4, 4), dense(4, 2), dense(2, 3)]
+    return layers, ps, z0
+
+
+def test_mixed_lists_group_and_match_dense():
+    layers, params, z0 = _mixed()
+    pipe = _pipeline.build(layers, params, z0)
+    # dense_tanh | residual x2 | normalize | residual x3, Stack of 3, residual x2 | dense_tanh x3 | head
+    assert [s.n for s in pipe.segments] == [1, 2, 1, 8, 1, 1, 1, 1]
+    g, lam = like(params), 0.1
+    C = _dense(layers, params, z0, lam)
+    assert rel_err(flat(ihvp(layers, params, z0, g, damping=lam)), np.linalg.solve(C, flat(g))) < 1e-10
+    assert rel_err(flat(hessinv.hvp(layers, params, z0, g)), (C - lam * np.eye(len(C))) @ flat(g)) < 1e-12
+    rows = _pipeline.to_rows(pipe, g)
+    assert [r.shape for r in rows] == [(s.n, s.p) for s in pipe.segments]
+    back = _pipeline.from_rows(pipe, rows)
+    assert jax.tree.structure(back) == jax.tree.structure(list(g)) and rel_err(flat(back), flat(g)) == 0
+
+
+def test_grouped_writes_each_run_as_a_stack():
+    """The grouped form has one Stack entry a run, builds into the same segments and gives the
+    same answer; ungrouped restores the user's list exactly."""
+    layers, params, z0 = _mixed()
+    pipe = _pipeline.build(layers, params, z0)
+    g = like(params)
+    g_layers, g_params, g_g = _pipeline.grouped(pipe, layers, params, g)
+    assert [f.depth if isinstance(f, hessinv.Stack) else 1 for f in g_layers] == [1, 2, 1, 3, 3, 2, 1, 1, 1, 1]
+    g_pipe = _pipeline.build(g_layers, g_params, z0)
+    key = lambda seg: (seg.fn, seg.n, seg.start, seg.in_spec, seg.out_spec, seg.param_spec)
+    assert [key(s) for s in g_pipe.segments] == [key(s) for s in pipe.segments]
+    assert flat(_pipeline.ungrouped(pipe, g_params)).tolist() == flat(params).tolist()
+    x = _pipeline.ungrouped(pipe, ihvp(g_layers, g_params, z0, g_g, damping=0.1))
+    assert rel_err(flat(x), flat(ihvp(layers, params, z0, g, damping=0.1))) < 1e-13
+    # No run (each entry its own shapes): nothing changes.
+    m_layers, m_params, m_z0 = mlp()
+    same = _pipeline.grouped(_pipeline.build(m_layers, m_params, m_z0), m_layers, m_params)
+    assert same[0] == tuple(m_layers) and same[1] == list(m_params)
+
+
+@pytest.mark.parametrize("n", [1, 8, 70])
+def test_stack_and_unstack_trees(n):
+    """Chunked leaf-wise stacking and its inverse, eagerly and under jit."""
+    trees = [{"a": jnp.full((2, 3), float(i)), "b": (jnp.arange(2.0) + i,)} for i in range(n)]
+    st = _pipeline.stack_trees(trees)
+    assert st["a"].shape == (n, 2, 3) and st["b"][0].shape == (n, 2)
+    for back in (_pipeline.unstack_tree(st, n), jax.jit(lambda t: _pipeline.unstack_tree(t, n))(st)):
+        assert len(back) == n
+        assert all(float(b["a"][0, 0]) == i and float(b["b"][0][1]) == i + 1 for i, b in enumerate(back))
