@@ -22,6 +22,7 @@ from ._blocks import Blocks as Blocks
 from ._dense import DenseFactorization as DenseFactorization
 from ._dense import hessian as hessian
 from ._diagnostics import Info as Info
+from ._errors import MixedPrecisionWarning as MixedPrecisionWarning
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import PipelineError as PipelineError
 from ._errors import SingularPivotError as SingularPivotError

@@ -145,9 +145,11 @@ def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> N
         raise SingularPivotError(
             f"the stage pivot of {pipe.layer_name(k)} is singular or numerically singular (reciprocal "
             f"condition <= {float(info.rcond_tol):.3g}; smallest over all pivots {float(info.min_rcond):.3g}), so {what} "
-            "cannot be solved by the stage recursion. Either H + λI is singular, or the layer has more "
-            "parameters than its output has entries (p_l > a_l, e.g. a dense layer on a small batch), which "
-            "makes its undamped pivot singular even when H is not. Add damping (λ > 0) or use a larger batch."
+            "cannot be solved by the stage recursion. Either H + λI itself is singular (a softmax head without "
+            "weight decay, say, is invariant to shifting all logits, so H has exact zero eigenvalues: only "
+            "damping λ > 0 helps), or the layer has more parameters than its output has entries (p_l > a_l, "
+            "e.g. a dense layer on a small batch), which makes its undamped pivot singular even when H is not "
+            "(damping or a larger batch help; method='dense' does not need p_l <= a_l)."
         )
     if not bool(info.finite):
         raise NonFiniteError(f"NaN or inf in the second-derivative blocks, stage pivots or solution of {what}")

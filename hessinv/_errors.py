@@ -12,3 +12,8 @@ class SingularPivotError(ArithmeticError):
 
 class NonFiniteError(ArithmeticError):
     """NaN or inf in the parameters, the batch, the right-hand side, or a per-layer block."""
+
+
+class MixedPrecisionWarning(UserWarning):
+    """The parameters and the batch hold floating leaves of different precisions: the layers then
+    compute (and their second derivatives are accurate) only to the lowest of them."""

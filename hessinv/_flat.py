@@ -58,7 +58,9 @@ def spec_of(tree, carried=None) -> Spec:
 def float_dtype(*specs: Spec):
     """The dtype the recursion runs in: the promotion of every active leaf."""
     dts = [d for s in specs for d, f in zip(s.dtypes, s.is_active) if f]
-    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+    # The widest, chosen explicitly: jnp.result_type refuses float32 with float64 under strict
+    # promotion, and mixed precision is a warning (the dtype policy), not an error.
+    return max(dts, key=lambda d: jnp.finfo(d).bits) if dts else jnp.result_type(float)
 
 
 def ravel(spec: Spec, tree, dtype) -> jax.Array:

@@ -21,6 +21,7 @@ input block has dimension 0 (MATH.md section 3) and a wide raw input never enter
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _flat
-from ._errors import PipelineError
+from ._errors import MixedPrecisionWarning, PipelineError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,41 @@ def _check_floating(x, xs: _flat.Spec, e: int) -> None:
             )
 
 
+def _check_precision(params: tuple, entry_specs: list, z0) -> None:
+    """The dtype policy: every floating leaf of ``params`` and ``z0`` is float32 or float64
+    (half precision raises: a second-order solve needs the mantissa), and all of one precision
+    (mixing warns, naming a leaf of each, since the layers then compute at the lowest)."""
+    first: dict = {}  # dtype -> the first leaf that has it
+    prev = None
+    named = [(f"params[{e}]", x, xs) for e, (x, xs) in enumerate(zip(params, entry_specs))]
+    for prefix, tree, spec in named + [("z0", z0, None)]:
+        if spec is not None and spec == prev:  # a plain run: its first entry spoke for it
+            continue
+        prev = spec
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            dt = jnp.result_type(leaf)
+            if not jnp.issubdtype(dt, jnp.inexact):
+                continue
+            name = f"{prefix}{jax.tree_util.keystr(path)}"
+            if jnp.issubdtype(dt, jnp.complexfloating):
+                raise TypeError(f"{name} has dtype {dt}; hessinv needs real floating point (float32 or float64)")
+            if jnp.finfo(dt).bits < 32:
+                raise TypeError(
+                    f"{name} has dtype {dt}; hessinv solves in float32 or float64 (a {jnp.finfo(dt).bits}-bit "
+                    "mantissa cannot resolve second derivatives): cast it, e.g. with jnp.asarray(x, jnp.float32)"
+                )
+            first.setdefault(dt, name)
+    if len(first) > 1:
+        lo, hi = min(first, key=lambda d: jnp.finfo(d).bits), max(first, key=lambda d: jnp.finfo(d).bits)
+        warnings.warn(
+            f"mixed precision: {first[lo]} is {lo} but {first[hi]} is {hi}; the layers compute (and the answer "
+            f"is accurate) only to {lo}. Cast params and z0 to one dtype (jax_enable_x64 with float64 "
+            "everywhere for exact solves).",
+            MixedPrecisionWarning,
+            stacklevel=4,
+        )
+
+
 def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
     """Validate the pipeline and group it into segments. Runs at trace time only."""
     if callable(layers) or isinstance(layers, Stack):
@@ -166,6 +202,7 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
     if not layers:
         raise PipelineError("the pipeline is empty: give at least one layer")
 
+    _check_precision(params, [_flat.spec_of(x) for x in params], z0)  # before any layer is traced
     entries, entry_specs, units = [], [], []
     k, checked = 0, None
     # z0 is data: every floating leaf of it is carried until a layer computes from it.

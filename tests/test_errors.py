@@ -170,3 +170,53 @@ def test_every_route_checks_g(method):
     nan = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)  # eagerly: refused, not NaN
     with pytest.raises(hessinv.NonFiniteError, match=r"g\[0\]\['(W|s)'\].*NaN"):
         F.solve(nan)
+
+
+# -- the dtype policy --------------------------------------------------------------------------
+
+
+def _tiny(param_dtype, data_dtype):
+    def layer(z, x):
+        return jnp.tanh(z @ x["W"].astype(z.dtype))
+
+    def head(z, x):
+        return jnp.sum(z**2)
+
+    params = [{"W": jnp.ones((3, 3), param_dtype)}, {}]
+    return [layer, head], params, jnp.ones((2, 3), data_dtype)
+
+
+@pytest.mark.parametrize("low", [jnp.bfloat16, jnp.float16])
+def test_half_precision_params_raise_naming_the_leaf(low):
+    layers, params, z0 = _tiny(low, jnp.float32)
+    with pytest.raises(TypeError, match=r"params\[0\]\['W'\].*float32 or float64"):
+        hessinv.hvp(layers, params, z0, params)
+
+
+def test_half_precision_data_raises():
+    layers, params, z0 = _tiny(jnp.float32, jnp.bfloat16)
+    with pytest.raises(TypeError, match="z0.*bfloat16"):
+        hessinv.loss(layers, params, z0)
+
+
+def test_complex_params_raise():
+    layers, params, z0 = _tiny(jnp.complex64, jnp.float32)
+    with pytest.raises(TypeError, match=r"params\[0\]\['W'\].*real floating"):
+        hessinv.loss(layers, params, z0)
+
+
+def test_mixed_precision_warns_naming_both_leaves():
+    """float32 params with float64 data (Flax under x64): the layers compute in float32."""
+    layers, params, z0 = _tiny(jnp.float32, jnp.float64)
+    with pytest.warns(hessinv.MixedPrecisionWarning, match=r"params\[0\]\['W'\] is float32 but z0 is float64"):
+        hessinv.loss(layers, params, z0)
+
+
+def test_one_precision_does_not_warn():
+    import warnings
+
+    for dt in (jnp.float32, jnp.float64):
+        layers, params, z0 = _tiny(dt, dt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", hessinv.MixedPrecisionWarning)
+            hessinv.loss(layers, params, z0)
