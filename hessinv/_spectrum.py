@@ -96,19 +96,21 @@ def _counter(fac, n, tol):
 
 def _bracket(count, n, bound, dt):
     """``r`` with ``count(−r) = 0`` and ``count(r) = n``: the spectrum lies in ``(−r, r)``. Starts
-    from twice the norm estimate and doubles until the counts prove it (at most 60 times)."""
+    from twice the norm estimate and doubles until the counts prove it (at most 60 times).
+    ``count`` is traced once (a factorisation is a large program; one copy keeps compile time and
+    XLA's memory down)."""
     r0 = 2 * bound + 1e-3 + 10 * jnp.finfo(dt).eps * bound
 
-    def encloses(r):
-        lo, ok_lo = count(-r)
-        hi, ok_hi = count(r)
-        return (lo == 0) & (hi == n) & ok_lo & ok_hi
-
     def body(state):
+        # both ends in one lax.map: the factorisation appears once in the compiled program
         k, r, _ = state
-        return k + 1, 2 * r, encloses(2 * r)
+        r = jnp.where(k == 0, r0, 2 * r)
+        c, ok = jax.lax.map(count, jnp.stack([-r, r]))
+        return k + 1, r, (c[0] == 0) & (c[1] == n) & ok[0] & ok[1]
 
-    _, r, ok = jax.lax.while_loop(lambda st: ~st[2] & (st[0] < 60), body, (jnp.zeros((), jnp.int32), r0, encloses(r0)))
+    _, r, ok = jax.lax.while_loop(
+        lambda st: ~st[2] & (st[0] < 60), body, (jnp.zeros((), jnp.int32), r0, jnp.array(False))
+    )
     return r, ok
 
 
@@ -132,7 +134,7 @@ def _eigenvalues(pipe, layers, params, z0, index, tol, curvature, route):
         lo, hi, ok = jax.lax.while_loop(lambda st: (st[1] - st[0] > tol) & st[2], body, (-r, r, ok_r))
         return jnp.where(ok, 0.5 * (lo + hi), jnp.nan)
 
-    return jax.vmap(bisect)(index)
+    return jax.lax.map(bisect, index)  # one index after another: a smaller program than a vmapped loop
 
 
 @functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route"))
@@ -147,7 +149,7 @@ def _counts(pipe, layers, params, z0, edges, curvature, route):
         c = jnp.where(jnp.isposinf(e), n, jnp.where(jnp.isneginf(e), 0, c))
         return c, ok | jnp.isinf(e)
 
-    c, ok = jax.vmap(below)(edges)
+    c, ok = jax.lax.map(below, edges)
     return c, ok
 
 
@@ -181,8 +183,8 @@ def eigenvalue(
       params: its parameters.
       z0: the batch.
       index: an int or a sequence of ints; ``0`` is the smallest eigenvalue, ``-1`` the largest
-        (negative indices count from the top, like Python's). Several indices are bisected
-        together (vmapped).
+        (negative indices count from the top, like Python's). Several indices are bisected one
+        after another in one compiled program.
       curvature: ``"hessian"`` or ``"ggn"``.
       tol: the absolute width of the final bracket (default ``sqrt(eps) · ‖C‖``, with ``‖C‖``
         estimated by power iteration); the returned midpoint is within ``tol`` of the eigenvalue.
