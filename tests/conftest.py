@@ -12,3 +12,15 @@ import jax
 # dtype promotion so that an accidental float32/float64 mix in the library is a test failure.
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. The suite compiles many hundreds of
+    XLA:CPU programs; kept all at once, the whole run crashed inside XLA's compiler (a segfault
+    while compiling the spectrum tests, which pass on their own), and modules share no programs
+    worth keeping."""
+    yield
+    jax.clear_caches()
