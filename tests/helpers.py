@@ -224,3 +224,15 @@ def dense_case(name, dtype=jnp.float64):
     layers, params, z0 = PIPELINES[name](dtype=dtype)
     H = jax.jit(lambda p: ref_hessian(layers, p, z0))(params)
     return layers, params, z0, np.asarray(H, np.float64)
+
+
+@functools.cache
+def dense_curvature_case(name, curvature="hessian"):
+    """(layers, params, z0, C) with C (float64 numpy) the dense Hessian of a named pipeline, or
+    with ``curvature="ggn"`` its GGN after :func:`separate_loss`; computed once per session."""
+    if curvature == "hessian":
+        return dense_case(name)
+    layers, params, z0 = PIPELINES[name]()
+    layers, params = separate_loss(layers, params)
+    C = np.asarray(jax.jit(lambda p: ref_ggn(layers, p, z0))(params))
+    return layers, params, z0, C

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PIPELINES, dense_case, flat, like, ref_ggn, ref_hessian, rel_err, separate_loss
+from helpers import PIPELINES, dense_case, dense_curvature_case, flat, like, ref_hessian, rel_err
 
 import hessinv
 from hessinv import _diagnostics
@@ -24,12 +24,7 @@ def dense_factorize(layers, params, z0, damping, curvature="hessian"):
 @functools.cache
 def case(name, damping, curvature="hessian"):
     """(layers, params, z0, C + λI as float64 numpy, F)."""
-    if curvature == "hessian":
-        layers, params, z0, C = dense_case(name)
-    else:
-        layers, params, z0 = PIPELINES[name]()
-        layers, params = separate_loss(layers, params)
-        C = np.asarray(jax.jit(lambda p: ref_ggn(layers, p, z0))(params))
+    layers, params, z0, C = dense_curvature_case(name, curvature)
     Cd = C + damping * np.eye(C.shape[0])
     return layers, params, z0, Cd, dense_factorize(layers, params, z0, damping, curvature)
 

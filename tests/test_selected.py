@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PIPELINES, dense_case, flat, ref_ggn, rel_err, separate_loss
+from helpers import PIPELINES, dense_curvature_case, flat, rel_err, separate_loss
 from jax.flatten_util import ravel_pytree
 
 import hessinv
@@ -23,12 +23,7 @@ from hessinv import _pipeline
 @functools.cache
 def case(name, damping, curvature="hessian"):
     """(layers, params, z0, (C + λI)^{-1} as float64 numpy, C + λI)."""
-    if curvature == "hessian":
-        layers, params, z0, C = dense_case(name)
-    else:
-        layers, params, z0 = PIPELINES[name]()
-        layers, params = separate_loss(layers, params)
-        C = np.asarray(jax.jit(lambda p: ref_ggn(layers, p, z0))(params))
+    layers, params, z0, C = dense_curvature_case(name, curvature)
     M = C + damping * np.eye(C.shape[0])
     return layers, params, z0, np.linalg.inv(M), M
 

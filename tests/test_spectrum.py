@@ -9,19 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PIPELINES, dense_case, ref_ggn, separate_loss
+from helpers import dense_curvature_case
 
 import hessinv
 
 
 @functools.cache
 def spectrum(name, curvature="hessian"):
-    if curvature == "hessian":
-        layers, params, z0, C = dense_case(name)
-    else:
-        layers, params, z0 = PIPELINES[name]()
-        layers, params = separate_loss(layers, params)
-        C = np.asarray(jax.jit(lambda p: ref_ggn(layers, p, z0))(params))
+    layers, params, z0, C = dense_curvature_case(name, curvature)
     return layers, params, z0, np.linalg.eigvalsh(C)
 
 
