@@ -202,7 +202,8 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
     if not layers:
         raise PipelineError("the pipeline is empty: give at least one layer")
 
-    _check_precision(params, [_flat.spec_of(x) for x in params], z0)  # before any layer is traced
+    param_specs = [_flat.spec_of(x) for x in params]
+    _check_precision(params, param_specs, z0)  # before any layer is traced
     entries, entry_specs, units = [], [], []
     k, checked = 0, None
     # z0 is data: every floating leaf of it is carried until a layer computes from it.
@@ -213,7 +214,7 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
         fn, depth = (layer.layer, layer.depth) if is_stack else (layer, 1)
         if not callable(fn):
             raise PipelineError(f"layers[{e}] is not callable: {type(fn).__name__}")
-        xs = _flat.spec_of(x)
+        xs = param_specs[e]
         if xs != checked:  # an entry like the one before (a plain run) needs no second look
             _check_floating(x, xs, e)
             checked = xs
