@@ -70,9 +70,11 @@ def hvp(layers: Sequence, params: Sequence, z0: Any, v: Sequence) -> list:
     """
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, v, "v")
-    if _pipeline.is_concrete(params, z0, v):
-        _check_inputs(params, z0, v=v)
-    return _hvp.pearlmutter_hvp(tuple(layers), list(params), z0, list(v))
+    if not _pipeline.is_concrete(params, z0, v):
+        return _hvp.pearlmutter_hvp(tuple(layers), list(params), z0, list(v))
+    _check_inputs(params, z0, v=v)
+    gl, gp, gv = _pipeline.grouped(pipe, layers, params, v)  # as in ihvp: compile time flat in depth
+    return _pipeline.ungrouped(pipe, _hvp.pearlmutter_hvp(gl, gp, z0, gv))
 
 
 def blocks(layers: Sequence, params: Sequence, z0: Any, *, curvature: str = "hessian") -> _blocks.Blocks:
@@ -84,7 +86,7 @@ def blocks(layers: Sequence, params: Sequence, z0: Any, *, curvature: str = "hes
     pipe = _pipeline.build(layers, params, z0)
     if _pipeline.is_concrete(params, z0):
         _check_inputs(params, z0)
-    return _blocks.compute(pipe, list(params), z0, curvature)
+    return _blocks.compute(pipe, _pipeline.rows(pipe, params), z0, curvature)
 
 
 METHODS = ("auto",) + _diagnostics.ROUTES
@@ -165,26 +167,28 @@ def _route(pipe, method: str, curvature: str, damping) -> str:
     return cost.choose(pipe, curvature, positive_damping=positive)
 
 
-def _factorize_route(pipe, layers, params, z0, damping, curvature, route):
+def _factorize_route(pipe, params, z0, damping, curvature, route):
+    seg_rows = _pipeline.rows(pipe, params)
     if route in ("riccati", "woodbury"):
-        return damped(pipe, layers, params, z0, curvature, route)(damping)
+        return damped(pipe, seg_rows, z0, curvature, route)(damping)
     module = _dense if route == "dense" else _gauss_newton
-    return module.factorize(pipe, tuple(layers), list(params), z0, damping, curvature)
+    return module.factorize(pipe, seg_rows, z0, damping, curvature)
 
 
-def damped(pipe, layers, params, z0, curvature: str, route: str):
-    """``λ ↦`` the route's factorisation of ``C + λI``, with the λ-independent part (the stage
-    blocks, the dense ``C``, or the output-space ``Z``) formed once here: for many dampings or
-    shifts (the optimiser's damping search, spectra by bisection, evidence maximisation). No
-    eager checks: the caller validates, and reads ``info()`` under ``jit``."""
+def damped(pipe, seg_rows, z0, curvature: str, route: str):
+    """``λ ↦`` the route's factorisation of ``C + λI`` at the params ``seg_rows`` (per-segment
+    rows, :func:`hessinv._pipeline.rows`), with the λ-independent part (the stage blocks, the
+    dense ``C``, or the output-space ``Z``) formed once here: for many dampings or shifts (the
+    optimiser's damping search, spectra by bisection, evidence maximisation). No eager checks:
+    the caller validates, and reads ``info()`` under ``jit``."""
     if route in ("riccati", "woodbury"):
-        blk = _blocks.compute(pipe, list(params), z0, curvature)
+        blk = _blocks.compute(pipe, seg_rows, z0, curvature)
         module = _riccati if route == "riccati" else _woodbury
         return lambda lam: module.factorize_blocks(blk, lam)
     if route == "dense":
-        C = _dense.matrix(pipe, tuple(layers), list(params), z0, curvature)
+        C = _dense.matrix(pipe, seg_rows, z0, curvature)
         return lambda lam: _dense.factor(pipe, C, lam)
-    ZDP = _gauss_newton.outputs_factor(pipe, list(params), z0)
+    ZDP = _gauss_newton.outputs_factor(pipe, seg_rows, z0)
     return lambda lam: _gauss_newton.factor(pipe, ZDP, lam)
 
 
@@ -261,7 +265,7 @@ def factorize(
     r = _route(pipe, method, curvature, damping)
     if _pipeline.is_concrete(params, z0):
         _check_inputs(params, z0)
-    F = _factorize_route(pipe, layers, list(params), z0, damping, curvature, r)
+    F = _factorize_route(pipe, list(params), z0, damping, curvature, r)
     if _pipeline.is_concrete(F):
         info = F.info()
         if not bool(info.finite):
@@ -280,9 +284,9 @@ def _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info):
     return rows, (_oneshot.info(pipe, outs) if with_info else None)
 
 
-@functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route", "with_info"))
-def _factorized_jit(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info):
-    F = _factorize_route(pipe, layers, params, z0, damping, curvature, route)
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route", "with_info"))
+def _factorized_jit(pipe, params, z0, b_rows, damping, curvature, route, with_info):
+    F = _factorize_route(pipe, params, z0, damping, curvature, route)
     return F.solve_rows(b_rows), (F._info() if with_info else None)
 
 
@@ -292,7 +296,7 @@ def _direct(pipe, layers, params, z0, b_rows, damping, curvature, route, with_in
     factorisation."""
     if route == "riccati":
         return _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info)
-    return _factorized_jit(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info)
+    return _factorized_jit(pipe, params, z0, b_rows, damping, curvature, route, with_info)
 
 
 def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_info):
@@ -421,7 +425,7 @@ def ihvp(
         elif not bool(info.ok):
             # Refactorise eagerly: each route's own check names what failed (for Woodbury,
             # which of the paper's pivots: B_l, Q_22, S_q or S_H).
-            _factorize_route(pipe, layers, list(params), z0, damping, curvature, r).check()
+            _factorize_route(pipe, list(params), z0, damping, curvature, r).check()
         return x
     x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, r, return_info)
     return (x, info) if return_info else x

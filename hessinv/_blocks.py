@@ -139,11 +139,11 @@ def has_K(pipe: _pipeline.Pipeline, j: int, curvature: str) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("pipe", "curvature"))
-def compute(pipe: _pipeline.Pipeline, params, z0, curvature: str = "hessian") -> Blocks:
-    """All blocks of the pipeline at ``(params, z0)``. Jitted: ``pipe`` is static."""
+def compute(pipe: _pipeline.Pipeline, seg_rows, z0, curvature: str = "hessian") -> Blocks:
+    """All blocks of the pipeline at ``(params, z0)``, the params as per-segment rows
+    (:func:`hessinv._pipeline.rows`). Jitted: ``pipe`` is static."""
     check_curvature(pipe, curvature)
     dt = pipe.dtype
-    seg_rows = _pipeline.to_rows(pipe, params)
     loss, inputs = _pipeline.forward(pipe, seg_rows, z0)
     jacs = [jacobians(seg, zin, rows, dt) for seg, zin, rows in zip(pipe.segments, inputs, seg_rows)]
 

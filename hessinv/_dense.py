@@ -63,12 +63,12 @@ def _hessian(layers, params, z0):
 # -- forming C ------------------------------------------------------------------------------------
 
 
-def _hessian_matrix(pipe, layers, t, z0):
+def _hessian_matrix(pipe, t, z0):
     """``∇²`` of the loss in the flat vector ``t``: forward-over-reverse (``n`` hvps, vmapped)."""
     dt = pipe.dtype
 
     def loss(t):
-        return _pipeline.loss(layers, _pipeline.from_rows(pipe, _pipeline.vector_to_rows(pipe, t)), z0).astype(dt)
+        return _pipeline.forward(pipe, _pipeline.vector_to_rows(pipe, t), z0)[0].astype(dt)
 
     return jax.jacfwd(jax.grad(loss))(t)
 
@@ -83,29 +83,29 @@ def _ggn_matrix(pipe, t, z0):
 # -- factorising ------------------------------------------------------------------------------------
 
 
-def factorize(pipe, layers, params, z0, damping, curvature: str) -> DenseFactorization:
+def factorize(pipe, seg_rows, z0, damping, curvature: str) -> DenseFactorization:
     """``method="dense"``: form ``C`` and factorise ``C + λI`` once.
 
-    ``pipe = _pipeline.build(layers, params, z0)``; ``layers`` a tuple; ``curvature`` is
-    ``"hessian"`` or ``"ggn"`` (then the last layer must be parameter-free). Traceable (``jit``,
-    ``vmap``, traced ``damping``); called on concrete values it runs one cached compilation.
-    A singular ``C + λI`` is not an error here (see :meth:`DenseFactorization._info`).
+    ``pipe = _pipeline.build(layers, params, z0)``, ``seg_rows`` the params as per-segment rows
+    (:func:`hessinv._pipeline.rows`); ``curvature`` is ``"hessian"`` or ``"ggn"`` (then the last
+    layer must be parameter-free). Traceable (``jit``, ``vmap``, traced ``damping``); called on
+    concrete values it runs one cached compilation. A singular ``C + λI`` is not an error here
+    (see :meth:`DenseFactorization._info`).
     """
     _blocks.check_curvature(pipe, curvature)
-    layers, params = tuple(layers), list(params)
-    if _pipeline.is_concrete(params, z0, damping):
-        return _factorize_jit(pipe, layers, params, z0, damping, curvature)
-    return _factorize_impl(pipe, layers, params, z0, damping, curvature)
+    if _pipeline.is_concrete(seg_rows, z0, damping):
+        return _factorize_jit(pipe, seg_rows, z0, damping, curvature)
+    return _factorize_impl(pipe, seg_rows, z0, damping, curvature)
 
 
-def _factorize_impl(pipe, layers, params, z0, damping, curvature):
-    return factor(pipe, matrix(pipe, layers, params, z0, curvature), damping)
+def _factorize_impl(pipe, seg_rows, z0, damping, curvature):
+    return factor(pipe, matrix(pipe, seg_rows, z0, curvature), damping)
 
 
-def matrix(pipe, layers, params, z0, curvature) -> jax.Array:
+def matrix(pipe, seg_rows, z0, curvature) -> jax.Array:
     """``C`` itself, symmetrised: the λ-independent part, formed once for many dampings."""
-    t = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), pipe.dtype)
-    C = _hessian_matrix(pipe, tuple(layers), t, z0) if curvature == "hessian" else _ggn_matrix(pipe, t, z0)
+    t = _pipeline.rows_to_vector(seg_rows, pipe.dtype)
+    C = _hessian_matrix(pipe, t, z0) if curvature == "hessian" else _ggn_matrix(pipe, t, z0)
     return sym(C.astype(pipe.dtype))
 
 
@@ -132,7 +132,7 @@ def factor(pipe, C, damping) -> DenseFactorization:
     return DenseFactorization(pipe, C, lam, L, lu, piv, perm, is_pd)
 
 
-_factorize_jit = jax.jit(_factorize_impl, static_argnames=("pipe", "layers", "curvature"))
+_factorize_jit = jax.jit(_factorize_impl, static_argnames=("pipe", "curvature"))
 
 
 @jax.tree_util.register_pytree_node_class

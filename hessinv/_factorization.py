@@ -124,11 +124,11 @@ class Factorization:
         if _pipeline.is_concrete(g):
             _diagnostics.check_finite(list(g), "g")
         self._eager_check("solve")
-        return _solve(self, list(g))
+        return _on_rows(self, _solve_rows, list(g))
 
     def matvec(self, v):
         """``(C + λI) v`` from what the factorisation stores; ``v`` shaped like params."""
-        return _matvec(self, list(v))
+        return _on_rows(self, _matvec_rows, list(v))
 
     def logdet(self):
         """``(sign, log|det(C + λI)|)``."""
@@ -212,8 +212,23 @@ class Factorization:
         return self
 
 
-_solve = jax.jit(lambda F, g: _pipeline.from_rows(F.pipe, F.solve_rows(_pipeline.to_rows(F.pipe, g))))
-_matvec = jax.jit(lambda F, v: _pipeline.from_rows(F.pipe, F.matvec_rows(_pipeline.to_rows(F.pipe, v))))
+def _through_rows(F, fn, tree):
+    """``fn(F, rows)`` for a params-shaped ``tree``: converted to the per-segment rows and back."""
+    return _pipeline.from_rows(F.pipe, fn(F, _pipeline.to_rows(F.pipe, tree)))
+
+
+_through_rows_jit = jax.jit(_through_rows, static_argnums=1)
+
+
+def _on_rows(F, fn, tree):
+    """:func:`_through_rows`, in one compiled program, except for a plain list's runs of
+    identical entries: their conversion runs outside the program, so that their arrays (one
+    per leaf and entry) never become its arguments, whose number would drive its compile time."""
+    return (_through_rows if _pipeline.has_runs(F.pipe) else _through_rows_jit)(F, fn, tree)
+
+
+_solve_rows = jax.jit(lambda F, rows: F.solve_rows(rows))
+_matvec_rows = jax.jit(lambda F, rows: F.matvec_rows(rows))
 _logdet = jax.jit(lambda F: F._logdet())
 _inertia = jax.jit(lambda F: F._inertia())
 _info = jax.jit(lambda F: F._info())
@@ -222,14 +237,28 @@ _positive_definite = jax.jit(lambda F: F._is_positive_definite())
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _sample(F, key, shape):
+def _sample_rows(F, key, shape):
+    """Per-segment rows ``(*shape, n_seg, p)`` of ``shape`` draws."""
     pipe = F.pipe
-    n = _pipeline.n_params(pipe)
-    eps = jax.random.normal(key, shape + (n,), pipe.dtype)
-    one = lambda e: _pipeline.from_rows(pipe, F._sample_rows(_pipeline.vector_to_rows(pipe, e)))  # noqa: E731
+    eps = jax.random.normal(key, shape + (_pipeline.n_params(pipe),), pipe.dtype)
+    one = lambda e: F._sample_rows(_pipeline.vector_to_rows(pipe, e))  # noqa: E731
     for _ in shape:
         one = jax.vmap(one)
     return one(eps)
+
+
+def _sample_tree(F, key, shape):
+    one = functools.partial(_pipeline.from_rows, F.pipe)
+    for _ in shape:
+        one = jax.vmap(one)
+    return one(_sample_rows(F, key, shape))
+
+
+_sample_tree_jit = jax.jit(_sample_tree, static_argnums=2)
+
+
+def _sample(F, key, shape):
+    return (_sample_tree if _pipeline.has_runs(F.pipe) else _sample_tree_jit)(F, key, shape)
 
 
 def _entries(pipe, seg_blocks) -> list:

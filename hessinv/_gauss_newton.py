@@ -149,15 +149,13 @@ def check(pipe: _pipeline.Pipeline, curvature: str) -> None:
         )
 
 
-def factorize(
-    pipe: _pipeline.Pipeline, layers, params, z0, damping, curvature: str = "ggn"
-) -> GaussNewtonFactorization:
+def factorize(pipe: _pipeline.Pipeline, seg_rows, z0, damping, curvature: str = "ggn") -> GaussNewtonFactorization:
     """Factorise ``G + λI`` (``G`` the generalised Gauss-Newton matrix) in the output space.
 
     Args:
       pipe: ``_pipeline.build(layers, params, z0)`` (static).
-      layers: the layers ``pipe`` was built from (the computation runs on ``pipe``'s segments).
-      params, z0: the point of expansion.
+      seg_rows, z0: the point of expansion, the params as per-segment rows
+        (:func:`hessinv._pipeline.rows`).
       damping: ``λ > 0``, a scalar; may be traced (``jit``, ``vmap``), then ``info()`` reports
         ``λ ≤ 0`` as ``ok = False``.
       curvature: must be ``"ggn"``.
@@ -170,18 +168,18 @@ def factorize(
     check(pipe, curvature)
     if _pipeline.is_concrete(damping) and not np.all(np.asarray(damping) > 0):
         raise ValueError(_damping_message(pipe, damping))
-    return _factorize_jit(pipe, list(params), z0, damping)
+    return _factorize_jit(pipe, seg_rows, z0, damping)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _factorize_jit(pipe, params, z0, damping):
-    return factor(pipe, outputs_factor(pipe, params, z0), damping)
+def _factorize_jit(pipe, seg_rows, z0, damping):
+    return factor(pipe, outputs_factor(pipe, seg_rows, z0), damping)
 
 
-def outputs_factor(pipe, params, z0):
-    """``(Z, D, P = Z Zᵀ)`` with ``G = Zᵀ diag(D) Z``: the λ-independent part, formed once for
-    many dampings."""
-    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), pipe.dtype)
+def outputs_factor(pipe, seg_rows, z0):
+    """``(Z, D, P = Z Zᵀ)`` with ``G = Zᵀ diag(D) Z``, the params as per-segment rows: the
+    λ-independent part, formed once for many dampings."""
+    x = _pipeline.rows_to_vector(seg_rows, pipe.dtype)
     f, J, z = jacobian(pipe, x, z0)
     D, R = signed_root(loss_hessian(pipe, f, z))
     Z = R @ J

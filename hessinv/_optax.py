@@ -442,7 +442,7 @@ def scale_by_newton(
             route = _api._route(pipe, method, curvature, jnp.asarray(lam_floor, dt))
 
             if route != "riccati":  # C (or Z, D, Z Zᵀ) once per step; each damping tried refactors it
-                factor_at = _api.damped(pipe, layers, params, z0, curvature, route)
+                factor_at = _api.damped(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature, route)
 
             def attempt(lam):
                 if route == "riccati":

@@ -21,6 +21,7 @@ input block has dimension 0 (MATH.md section 3) and a wide raw input never enter
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -425,6 +426,12 @@ def _runs(pipe: Pipeline) -> dict:
     return {run[0]: len(run) for seg in pipe.segments for run, _ in _pieces(pipe, seg) if run and len(run) > 1}
 
 
+@functools.lru_cache(maxsize=256)
+def has_runs(pipe: Pipeline) -> bool:
+    """Whether the pipeline has a run of identical plain entries (what :func:`grouped` stacks)."""
+    return bool(_runs(pipe))
+
+
 def grouped(pipe: Pipeline, layers: Sequence, *trees: Sequence) -> tuple:
     """``(layers, *trees)`` with every run of consecutive plain entries of one segment written as
     a single :class:`Stack` entry (its params, ``v`` or ``g`` stacked): the same expanded layers,
@@ -457,6 +464,22 @@ def ungrouped(pipe: Pipeline, tree: Sequence) -> list:
         out.extend(unstack_tree(t, n) if n > 1 else [t])
         e += n
     return out
+
+
+def rows(pipe: Pipeline, tree: Sequence) -> list:
+    """:func:`to_rows` at an entry point: one compiled program, except for a pipeline with runs
+    of plain entries (:func:`has_runs`), which converts op by op (a program taking each entry's
+    arrays as arguments compiles in time growing with their number). Inside a trace: inline."""
+    if has_runs(pipe) or not is_concrete(tree):
+        return to_rows(pipe, list(tree))
+    return _to_rows_jit(pipe, list(tree))
+
+
+def trees(pipe: Pipeline, seg_rows: Sequence) -> list:
+    """:func:`from_rows` at an entry point, compiled the way :func:`rows` is."""
+    if has_runs(pipe) or not is_concrete(seg_rows):
+        return from_rows(pipe, seg_rows)
+    return _from_rows_jit(pipe, seg_rows)
 
 
 def n_params(pipe: Pipeline) -> int:
@@ -526,3 +549,7 @@ def scan(f, carry, xs, n: int, *, reverse: bool = False, unroll: int = 1):
         carry, y = f(carry, jax.tree.map(lambda a: a[0], xs))
         return carry, jax.tree.map(lambda a: a[None], y)
     return jax.lax.scan(f, carry, xs, reverse=reverse, unroll=unroll)
+
+
+_to_rows_jit = jax.jit(to_rows, static_argnums=0)
+_from_rows_jit = jax.jit(from_rows, static_argnums=0)

@@ -46,10 +46,10 @@ def _route(pipe, curvature: str, method: str) -> str:
     return method
 
 
-def _shifted(pipe, layers, params, z0, curvature, route):
+def _shifted(pipe, seg_rows, z0, curvature, route):
     """``(σ ↦ factorisation of C − σI, C's norm or an estimate of it)``; the λ-independent part
     formed once."""
-    damped = _api.damped(pipe, layers, params, z0, curvature, route)
+    damped = _api.damped(pipe, seg_rows, z0, curvature, route)
     fac = lambda s: damped(-s)  # noqa: E731
     if route == "dense":
         C = fac(0.0).C
@@ -114,10 +114,10 @@ def _bracket(count, n, bound, dt):
     return r, ok
 
 
-@functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route"))
-def _eigenvalues(pipe, layers, params, z0, index, tol, curvature, route):
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route"))
+def _eigenvalues(pipe, seg_rows, z0, index, tol, curvature, route):
     dt, n = pipe.dtype, _pipeline.n_params(pipe)
-    fac, bound = _shifted(pipe, layers, params, z0, curvature, route)
+    fac, bound = _shifted(pipe, seg_rows, z0, curvature, route)
     tol = jnp.where(jnp.isnan(tol), jnp.sqrt(jnp.finfo(dt).eps) * jnp.maximum(bound, 1e-30), tol).astype(dt)
     count = _counter(fac, n, tol)
     r, ok_r = _bracket(count, n, bound, dt)
@@ -137,10 +137,10 @@ def _eigenvalues(pipe, layers, params, z0, index, tol, curvature, route):
     return jax.lax.map(bisect, index)  # one index after another: a smaller program than a vmapped loop
 
 
-@functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route"))
-def _counts(pipe, layers, params, z0, edges, curvature, route):
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route"))
+def _counts(pipe, seg_rows, z0, edges, curvature, route):
     n = _pipeline.n_params(pipe)
-    fac, bound = _shifted(pipe, layers, params, z0, curvature, route)
+    fac, bound = _shifted(pipe, seg_rows, z0, curvature, route)
     tol = jnp.sqrt(jnp.finfo(pipe.dtype).eps) * jnp.maximum(bound, 1e-30)
     count = _counter(fac, n, tol)
 
@@ -226,7 +226,7 @@ def eigenvalue(
     if tol is not None and _pipeline.is_concrete(tol) and not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     tol = jnp.asarray(jnp.nan if tol is None else tol, pipe.dtype)
-    w = _eigenvalues(pipe, tuple(layers), list(params), z0, idx, tol, curvature, route)
+    w = _eigenvalues(pipe, _pipeline.rows(pipe, params), z0, idx, tol, curvature, route)
     if _pipeline.is_concrete(w) and np.any(np.isnan(np.asarray(w))):
         raise SingularPivotError(
             f"eigenvalue (method={route!r}): some shifts C − σI left a singular pivot even after "
@@ -286,7 +286,7 @@ def eigenvalue_counts(
         ev = np.asarray(e)
         if np.any(np.isnan(ev)) or np.any(np.diff(ev) <= 0):
             raise ValueError(f"edges must be increasing and not NaN, got {ev}")
-    c, ok = _counts(pipe, tuple(layers), list(params), z0, e, curvature, route)
+    c, ok = _counts(pipe, _pipeline.rows(pipe, params), z0, e, curvature, route)
     if _pipeline.is_concrete(ok) and not np.all(np.asarray(ok)):
         raise SingularPivotError(
             f"eigenvalue_counts (method={route!r}): the shifts at edges {np.asarray(e)[~np.asarray(ok)]} left a "

@@ -96,11 +96,11 @@ def _setup(layers, params, z0, prior_precision, curvature, method):
     return pipe, delta, route
 
 
-@functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route"))
-def _evidence_jit(pipe, layers, params, z0, delta, curvature, route):
-    F = _api.damped(pipe, layers, params, z0, curvature, route)(delta)
-    loss = _pipeline.loss(layers, params, z0).astype(pipe.dtype)
-    return _evidence(F, loss, _sq_norm(params), _pipeline.n_params(pipe))
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route"))
+def _evidence_jit(pipe, seg_rows, z0, delta, curvature, route):
+    F = _api.damped(pipe, seg_rows, z0, curvature, route)(delta)
+    loss = _pipeline.forward(pipe, seg_rows, z0)[0].astype(pipe.dtype)
+    return _evidence(F, loss, _sq_norm(seg_rows), _pipeline.n_params(pipe))
 
 
 def _refuse_indefinite(value, what: str) -> None:
@@ -145,17 +145,17 @@ def log_marginal_likelihood(
       :class:`~hessinv.SingularPivotError`.
     """
     pipe, delta, route = _setup(layers, params, z0, prior_precision, curvature, method)
-    value, grad = _evidence_jit(pipe, tuple(layers), list(params), z0, delta, curvature, route)
+    value, grad = _evidence_jit(pipe, _pipeline.rows(pipe, params), z0, delta, curvature, route)
     _refuse_indefinite(value, "log_marginal_likelihood")
     return (value, grad) if return_grad else value
 
 
-@functools.partial(jax.jit, static_argnames=("pipe", "layers", "curvature", "route", "iters"))
-def _optimize_jit(pipe, layers, params, z0, lo, hi, curvature, route, iters):
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route", "iters"))
+def _optimize_jit(pipe, seg_rows, z0, lo, hi, curvature, route, iters):
     # The λ-independent part of C + δI (blocks, C itself, or Z) once; one factorisation per step.
-    damped = _api.damped(pipe, layers, params, z0, curvature, route)
-    loss = _pipeline.loss(layers, params, z0).astype(pipe.dtype)
-    sq, n = _sq_norm(params), _pipeline.n_params(pipe)
+    damped = _api.damped(pipe, seg_rows, z0, curvature, route)
+    loss = _pipeline.forward(pipe, seg_rows, z0)[0].astype(pipe.dtype)
+    sq, n = _sq_norm(seg_rows), _pipeline.n_params(pipe)
 
     def grad(t):
         return _evidence(damped(jnp.exp(t)), loss, sq, n)[1]
@@ -203,7 +203,7 @@ def optimize_prior_precision(
     iters = max(1, int(np.ceil(np.log2(np.log(hi / lo) / rtol))))
     dt = pipe.dtype
     delta, g_lo, g_hi = _optimize_jit(
-        pipe, tuple(layers), list(params), z0, jnp.log(jnp.asarray(lo, dt)), jnp.log(jnp.asarray(hi, dt)),
+        pipe, _pipeline.rows(pipe, params), z0, jnp.log(jnp.asarray(lo, dt)), jnp.log(jnp.asarray(hi, dt)),
         curvature, route, iters,
     )
     if _pipeline.is_concrete(g_lo, g_hi):
@@ -218,12 +218,19 @@ def optimize_prior_precision(
     return delta
 
 
+def _same_layout(a: _pipeline.Pipeline, b: _pipeline.Pipeline) -> bool:
+    """Whether two pipelines lay the parameters out in the same rows."""
+    return [(s.n, s.p, s.pieces) for s in a.segments] == [(s.n, s.p, s.pieces) for s in b.segments]
+
+
 @functools.partial(jax.jit, static_argnames=("pipe", "full_cov"))
-def _predictive_jit(F, pipe, params, z0, full_cov):
-    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, params), pipe.dtype)
+def _predictive_jit(F, pipe, seg_rows, z0, full_cov):
+    x = _pipeline.rows_to_vector(seg_rows, pipe.dtype)
     f, J, z = _gauss_newton.jacobian(pipe, x, z0)
 
     def solve(row):  # (C + δI)^{-1} J*ᵀ e_i, through F's own layout of the parameters
+        if _same_layout(pipe, F.pipe):
+            return _pipeline.rows_to_vector(F.solve_rows(_pipeline.vector_to_rows(F.pipe, row)), pipe.dtype)
         tree = _pipeline.from_rows(pipe, _pipeline.vector_to_rows(pipe, row))
         sol = F.solve_rows(_pipeline.to_rows(F.pipe, tree))
         return _pipeline.rows_to_vector(_pipeline.to_rows(pipe, _pipeline.from_rows(F.pipe, sol)), pipe.dtype)
@@ -269,4 +276,4 @@ def predictive(F: Factorization, layers: Sequence, params: Sequence, z0_test: An
     if _pipeline.is_concrete(params, z0_test):
         _api._check_inputs(params, z0_test)
         F._eager_check("solve")
-    return _predictive_jit(F, pipe, list(params), z0_test, full_cov)
+    return _predictive_jit(F, pipe, _pipeline.rows(pipe, params), z0_test, full_cov)

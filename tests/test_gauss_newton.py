@@ -236,7 +236,7 @@ def test_vmap_jit_and_traced_damping():
         assert rel_err(flat(jax.tree.map(lambda a: a[i], X)), np.linalg.solve(A, flat(g))) < 1e-9
 
     pipe, g = F.pipe, gs[0]
-    solve = jax.jit(jax.vmap(lambda lam: gn.factorize(pipe, tuple(layers), params, z0, lam).solve(g)))
+    solve = jax.jit(jax.vmap(lambda lam: gn.factorize(pipe, _pipeline.to_rows(pipe, params), z0, lam).solve(g)))
     lams = jnp.array([0.1, 0.5])
     X = solve(lams)
     for i, lam in enumerate(lams):
@@ -247,7 +247,7 @@ def test_vmap_jit_and_traced_damping():
 def test_info_route_and_damping_must_be_positive():
     layers, params, z0, _ = dense("xent")
     pipe = _pipeline.build(layers, params, z0)
-    make = jax.jit(lambda lam: gn.factorize(pipe, tuple(layers), params, z0, lam))
+    make = jax.jit(lambda lam: gn.factorize(pipe, _pipeline.to_rows(pipe, params), z0, lam))
     F = make(0.1)
     assert isinstance(F, gn.GaussNewtonFactorization) and isinstance(F, hessinv.Factorization)
     info = F.info()
@@ -262,7 +262,7 @@ def test_info_route_and_damping_must_be_positive():
             call()
     for lam in (0.0, -0.1):
         with pytest.raises(ValueError, match=r"method='gauss_newton' needs damping λ > 0"):
-            gn.factorize(pipe, tuple(layers), params, z0, lam)
+            gn.factorize(pipe, _pipeline.to_rows(pipe, params), z0, lam)
 
 
 def test_curvature_and_loss_layer_errors():
