@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The accelerator run behind benchmarks/results/*_gpu*: one prepared script, because a lent GPU
-# machine gives a session about 15 minutes in all. Every part has its own time limit, so one
-# that fails or overruns leaves the others' results. Run from the repository root:
+# The accelerator run behind benchmarks/results/*_gpu*: one script that records every GPU
+# benchmark in about 15 minutes. Every part has its own time limit, so one that fails or
+# overruns leaves the others' results. Run from the repository root:
 #     OUT=/some/dir bash benchmarks/gpu_session.sh
 # Results (JSON + PNG) and one log land in $OUT.
 #
@@ -9,10 +9,10 @@
 # 1e-2, SGD 1e-2 and 3e-2 were the best rates for every target and seed in
 # results/newton_vs_adam_cpu.json), to fit the time. (The step counts were expected to carry
 # over; they did not: the batch there differed in its last bits and the runs are chaotic. The
-# batch no longer depends on numpy's summation; docs/optax.md, "On a GPU".) The second-order variants are the two the issue names (Newton and
-# Gauss-Newton, LM damping). On 2026-11-28 (H200, jax 0.11.2) the float64 part finished 4 of its
-# 5 seeds and the float32 part 2 of 3 within their limits (Adam's one-call step costs 0.9 ms
-# there); each JSON's meta.seeds_done says which.
+# batch no longer depends on numpy's summation; docs/optax.md, "On a GPU".) The second-order
+# variants are Newton and Gauss-Newton with LM damping. On 2026-11-28 (H200, jax 0.11.2) the
+# float64 part finished 4 of its 5 seeds and the float32 part 2 of 3 within their limits (Adam's
+# one-call step costs 0.9 ms there); each JSON's meta.seeds_done says which.
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to the results folder}
 LOG=$OUT/log.txt
