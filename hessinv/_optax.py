@@ -3,11 +3,15 @@
 :func:`scale_by_newton` turns the gradient ``g`` into the step ``d = (C + λI)^{-1} g``, where
 ``C`` is the exact Hessian ``H`` or the generalised Gauss-Newton matrix ``G = Jᵀ ∇²ℓ J``
 (MATH.md sections 3 and 5), solved exactly by the stage (Riccati) recursion of the core engine
-(Rahimi 2026, arXiv:2601.06096). :func:`newton` and :func:`gauss_newton` chain it with
-``scale_by_learning_rate``, so ``optax.apply_updates(params, updates)`` moves to ``params - d``.
+(Rahimi 2026, arXiv:2601.06096) or the cheapest exact route for the shapes. :func:`newton` and
+:func:`gauss_newton` chain it with ``scale_by_learning_rate``, so
+``optax.apply_updates(params, updates)`` moves to ``params - d``.
+:func:`scale_by_stochastic_newton` (and :func:`stochastic_gauss_newton`) is the mini-batch
+variant: it factorises ``C + λI`` on the batch of one update and reuses the factorisation for
+the next ``refresh_every - 1`` updates, on their own batches.
 
-Every step is safeguarded. The per-layer blocks are computed once per step (they do not depend
-on ``λ``); the trial point ``params - d`` is evaluated and compared with the quadratic model
+Every step is safeguarded. The trial point ``params - d`` is evaluated on the batch and compared
+with the quadratic model
 
     m(s) = gᵀs + ½ sᵀ C s,   s = -d,   predicted decrease  pred = -m(s) = gᵀd − ½ dᵀ C d,
 
@@ -31,9 +35,14 @@ update is exactly zero. The damping ``λ`` then adapts:
   ``C + λI ≻ 0`` (every pivot has a Cholesky factor) and ``‖d‖ ≤ radius``, with
   ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded Newton
   iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous step's
-  ``λ`` (one factorisation of the same blocks per iterate). The radius shrinks on ``ρ < 0.25`` or rejection and grows on ``ρ > 0.75`` at
-  the boundary.
+  ``λ`` (one factorisation of the same blocks per iterate). The radius shrinks on ``ρ < 0.25``
+  or rejection and grows on ``ρ > 0.75`` at the boundary.
 * a float: a fixed ``λ`` (``0.0`` is the plain Newton step), still safeguarded.
+
+The pieces live in small modules, each a set of pure, jit-able functions: the solve and the
+verdict on a trial step in :mod:`hessinv._optax_step`, the damping rules in
+:mod:`hessinv._optax_damping`, the health of ``C + λI`` in :mod:`hessinv._optax_health`. The
+transformations here compose them.
 
 Diagnostics live in the state (:class:`NewtonInfo`); read them with
 ``optax.tree_utils.tree_get(state, "info")``.
@@ -48,7 +57,8 @@ import jax
 import jax.numpy as jnp
 import optax  # the optax library (absolute import; hessinv's public wrapper is hessinv.optax)
 
-from . import _api, _blocks, _diagnostics, _hvp, _oneshot, _pipeline
+from . import _blocks, _diagnostics, _optax_damping, _optax_health, _optax_step, _pipeline
+from ._optax_health import Health
 
 CURVATURES = ("hessian", "ggn")
 DAMPINGS = ("lm", "trust_region")
@@ -74,7 +84,8 @@ class NewtonInfo(NamedTuple):
         not positive definite).
       ok: finite, with every pivot's ``min_rcond`` above ``max(p_l)·eps``.
       iterations: factorisations done this step: 2 when LM probed a smaller damping, up to
-        ``tr_max_iters`` for the trust region, else 1.
+        ``tr_max_iters`` for the trust region, else 1; in the stochastic mode 1 on a refresh and
+        0 when the stored factorisation was reused.
     """
 
     loss: jax.Array
@@ -89,23 +100,6 @@ class NewtonInfo(NamedTuple):
     min_rcond: jax.Array
     ok: jax.Array
     iterations: jax.Array
-
-
-class _Trial(NamedTuple):
-    """One trial step ``d`` at damping ``λ`` (kept as ``step``, shaped like the params), judged
-    against the quadratic model."""
-
-    damping: jax.Array
-    step: list
-    trial_loss: jax.Array
-    predicted_decrease: jax.Array
-    ratio: jax.Array
-    accepted: jax.Array
-    step_norm: jax.Array
-    positive_definite: jax.Array
-    n_neg: jax.Array
-    min_rcond: jax.Array
-    ok: jax.Array
 
 
 class ScaleByNewtonState(NamedTuple):
@@ -126,117 +120,164 @@ class ScaleByNewtonState(NamedTuple):
     info: NewtonInfo
 
 
-def _params_dtype(params):
-    dts = [jnp.result_type(x) for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+class ScaleByStochasticNewtonState(NamedTuple):
+    """State of :func:`scale_by_stochastic_newton`.
 
-
-def _dot(a_rows, b_rows):
-    return sum(jnp.vdot(a, b) for a, b in zip(a_rows, b_rows))
-
-
-def _all_finite(rows):
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(r)) for r in rows]))
-
-
-def _pivots(F):
-    """The stage pivots ``Q_uu,l`` of a factorisation, one ``(n, p, p)`` stack per segment with ``p > 0``."""
-    return [st.Q_uu for _, st in F._pivot_stages()]
-
-
-def _cholesky_health(pivots):
-    """``(positive_definite, rcond_estimate)`` from one Cholesky per stage pivot.
-
-    ``C + λI ≻ 0`` iff every stage pivot is (MATH.md section 3), i.e. iff every pivot has a
-    Cholesky factor ``L``. ``(min L_ii / max L_ii)²`` estimates the pivot's reciprocal condition
-    (it bounds it from above); 0 for a pivot that is not positive definite. On CPU this is far
-    cheaper, and on a shared machine far steadier, than the pivots' eigenvalues.
+    Attributes:
+      count: number of updates so far (accepted or not), int32.
+      damping: the ``λ`` the next refactorisation uses.
+      rejections: consecutive rejected updates up to now (0 after an accepted one), int32.
+      age: updates computed with the stored factorisation so far, int32 (``refresh_every`` at
+        ``init``, so that the first update factorises).
+      factorization: the :class:`~hessinv.Factorization` of ``C + λI`` on the params and batch
+        of the last refresh (a pytree; zeros of the same shapes until the first update).
+      info: :class:`NewtonInfo` of the last step.
     """
-    pd = jnp.array(True)
-    est = None
-    for Q in pivots:
-        ok, rc = _cholesky_rcond(jnp.linalg.cholesky(Q))
-        pd &= jnp.all(ok)
-        est = jnp.min(rc) if est is None else jnp.minimum(est, jnp.min(rc))
-    return pd, (jnp.asarray(jnp.inf) if est is None else est)
+
+    count: jax.Array
+    damping: jax.Array
+    rejections: jax.Array
+    age: jax.Array
+    factorization: Any
+    info: NewtonInfo
 
 
-def _cholesky_rcond(L):
-    """``(factorised, (min L_ii / max L_ii)²)`` of Cholesky factors ``L`` ``(..., p, p)``: the
-    factor exists (finite), and the estimate of the reciprocal condition (0 where it does not)."""
-    ok = jnp.all(jnp.isfinite(L), axis=(-2, -1))
-    dg = jnp.abs(jnp.diagonal(L, axis1=-2, axis2=-1))
-    top = jnp.max(dg, axis=-1)
-    return ok, jnp.where(ok & (top > 0), (jnp.min(dg, axis=-1) / jnp.where(top > 0, top, 1)) ** 2, 0)
-
-
-def _pivot_health(pivots, tol):
-    """``(n_neg, n_zero, min_rcond, ok)`` of ``C + λI`` from one ``eigvalsh`` per stage pivot.
-
-    The same quantities and thresholds as ``Factorization.inertia()`` and ``.info()``, but those
-    two each recompute the pivots' eigenvalues, which on CPU costs as much as the factorisation.
-    """
-    neg = zero = jnp.zeros((), jnp.int32)
-    min_rc = jnp.asarray(jnp.inf, tol.dtype)
-    finite = jnp.array(True)
-    for w in [jnp.linalg.eigvalsh(Q) for Q in pivots]:
-        _, n, z = _diagnostics.sign_counts(w, tol)
-        neg, zero = neg + n, zero + z
-        rc = _diagnostics.rcond(w)
-        min_rc = jnp.minimum(min_rc, jnp.min(jnp.where(jnp.isnan(rc), jnp.inf, rc)))
-        finite &= jnp.all(jnp.isfinite(w))
-    return neg, zero, min_rc, finite & (min_rc > tol)
-
-
-def _pivots_health(pivots, tol, inertia):
-    """``(positive_definite, n_neg, min_rcond, ok)`` of ``C + λI`` from the stage pivots: Cholesky
-    factors by default, their eigenvalues with ``inertia`` (``n_neg = -1``: not counted)."""
-    pd, min_rcond = _cholesky_health(pivots)
-    if inertia:
-        n_neg, _, min_rcond, ok = _pivot_health(pivots, tol)
-    else:  # positive definite: no negative eigenvalue; otherwise the count was not computed
-        n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
-        ok = pd & jnp.isfinite(min_rcond) & (min_rcond > tol)
-    return pd, n_neg, min_rcond, ok
-
-
-def _factorization_health(F, inertia):
-    """The same four facts from another route's factorisation. Dense: its Cholesky succeeded
-    (the condition estimated from the factor's diagonal, as for the pivots; the eigenvalues only
-    with ``inertia``). Output space: the signs of ``Hℓ``'s eigenvalues and a power-iteration
-    estimate (the ``m × m`` inertia and exact condition with ``inertia``)."""
-    tol = F.rcond_tol()
-    if F.route == "dense":
-        factorised, min_rcond = _cholesky_rcond(F.chol)
-        pd = F.is_pd & factorised
-        if inertia:
-            n_neg, info = F._inertia()[1], F._info()
-            return pd, n_neg, info.min_rcond, info.ok
-        return pd, jnp.where(pd, 0, -1).astype(jnp.int32), min_rcond, pd & (min_rcond > tol)
-    if inertia:
-        info, n_neg = F._info(), F._inertia()[1]
-        return info.ok & (n_neg == 0), n_neg, info.min_rcond, info.ok
-    # Without inertia, as for the pivots: cheap facts and an estimate. A convex loss (every
-    # eigenvalue of Hℓ ≥ 0) makes G + λI = λI + Zᵀ diag(D) Z positive definite for λ > 0, with
-    # eigenvalues λ and λ + eig(Z Zᵀ): rcond = λ / (λ + λ_max(Z Zᵀ)), λ_max by power iteration
-    # (from below, so the estimate bounds rcond from above, like the Cholesky one).
-    lam, P = F.damping, F.P
-    finite = jnp.all(jnp.isfinite(P)) & jnp.all(jnp.isfinite(F.lu))
-    pd = jnp.all(F.D >= 0) & (lam > 0) & finite
-    v = jnp.ones(P.shape[0], P.dtype)
-    for _ in range(20):
-        v = P @ v
-        v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(P.dtype).tiny)
-    top = jnp.maximum(v @ (P @ v), 0)
-    min_rcond = jnp.where(pd, lam / (lam + top), 0)
-    n_neg = jnp.where(pd, 0, -1).astype(jnp.int32)
-    return pd, n_neg, min_rcond, pd & (min_rcond > tol)
+# -- hyperparameters --------------------------------------------------------------------------
 
 
 def _check_positive(name, value, *, allow_zero=False):
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_layers(layers) -> tuple:
+    if isinstance(layers, _pipeline.Stack) or callable(layers):
+        raise TypeError("layers must be a sequence of layer functions (or hessinv.Stack), not a single layer")
+    return tuple(layers)
+
+
+def _damping_mode(damping, modes) -> str:
+    """``"lm"``, ``"trust_region"`` (those in ``modes``) or ``"fixed"`` for a float ``λ ≥ 0``."""
+    if isinstance(damping, str):
+        if damping not in modes:
+            raise ValueError(f"damping must be one of {modes} or a float >= 0, got {damping!r}")
+        return damping
+    _check_positive("damping", float(damping), allow_zero=True)
+    return "fixed"
+
+
+def _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia):
+    """Validate what every transformation shares. ``lm``: ``(increase_factor, decrease_factor)``.
+
+    Returns ``(min_damping, lm_rule)``: ``min_damping`` with its default (``1e-9`` for ``"lm"``,
+    else ``0``), and the keyword arguments of :func:`~hessinv._optax_damping.lm_damping`."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if min_damping is None:
+        min_damping = 1e-9 if mode == "lm" else 0.0
+    _check_positive("init_damping", init_damping)
+    _check_positive("min_damping", min_damping, allow_zero=True)
+    if not max_damping >= max(min_damping, init_damping if mode == "lm" else 0.0):
+        raise ValueError(
+            f"need min_damping <= init_damping <= max_damping, got {min_damping}, {init_damping}, {max_damping}"
+        )
+    increase_factor, decrease_factor = lm
+    if not increase_factor > 1:
+        raise ValueError(f"increase_factor must be > 1, got {increase_factor}")
+    if not 0 < decrease_factor < 1:
+        raise ValueError(f"decrease_factor must be in (0, 1), got {decrease_factor}")
+    if not 0 <= accept_ratio < 0.25:
+        raise ValueError(f"accept_ratio must be in [0, 0.25), got {accept_ratio}")
+    if not isinstance(inertia, bool):
+        raise TypeError(f"inertia must be a bool, got {inertia!r}")
+    rule = dict(increase_factor=increase_factor, decrease_factor=decrease_factor)
+    return min_damping, dict(rule, min_damping=min_damping, max_damping=max_damping)
+
+
+def _check_trust_region(probe_factor, init_radius, max_radius, tr_rtol, tr_max_iters):
+    if probe_factor is not None and not 0 < probe_factor < 1:
+        raise ValueError(f"probe_factor must be in (0, 1) or None, got {probe_factor}")
+    _check_positive("init_radius", init_radius)
+    if not max_radius >= init_radius:
+        raise ValueError(f"max_radius must be >= init_radius, got {max_radius} < {init_radius}")
+    if not 0 < tr_rtol < 1:
+        raise ValueError(f"tr_rtol must be in (0, 1), got {tr_rtol}")
+    if not (isinstance(tr_max_iters, int) and tr_max_iters >= 1):
+        raise ValueError(f"tr_max_iters must be a positive int, got {tr_max_iters!r}")
+
+
+# -- state pieces -----------------------------------------------------------------------------
+
+
+def _params_dtype(params):
+    dts = [jnp.result_type(x) for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
+def _initial_info(dt, lam0) -> NewtonInfo:
+    zero, zero_i, no = jnp.zeros((), dt), jnp.zeros((), jnp.int32), jnp.array(False)
+    return NewtonInfo(zero, zero, zero, zero, no, jnp.asarray(lam0, dt), zero, no, zero_i, zero, no, zero_i)
+
+
+def _newton_info(loss, t: _optax_step.Trial, iterations, dt) -> NewtonInfo:
+    """:class:`NewtonInfo` of the judged step ``t`` (in the state's dtype ``dt``)."""
+    h = t.health
+    return NewtonInfo(
+        loss=loss.astype(dt),
+        trial_loss=t.trial_loss.astype(dt),
+        predicted_decrease=t.predicted_decrease.astype(dt),
+        ratio=t.ratio.astype(dt),
+        accepted=t.accepted,
+        damping=t.damping.astype(dt),
+        step_norm=t.step_norm.astype(dt),
+        positive_definite=jnp.asarray(h.positive_definite, bool),
+        n_neg=jnp.asarray(h.n_neg, jnp.int32),
+        min_rcond=jnp.asarray(h.min_rcond).astype(dt),
+        ok=jnp.asarray(h.ok, bool),
+        iterations=jnp.asarray(iterations, jnp.int32),
+    )
+
+
+def _rejections(t, rejections):
+    return jnp.where(t.accepted, 0, rejections + 1).astype(jnp.int32)
+
+
+def _damped_trial(m, lam, rejections, route, probe, *, accept_ratio, inertia):
+    """``(trial, factorisations)`` at the damping ``lam``: one exact solve on ``route``, judged,
+    and with ``probe`` (the keyword arguments of :func:`~hessinv._optax_damping.lm_probe`) the
+    LM probe where it fires."""
+    solve = _optax_step.solver(m, route, inertia)
+
+    def attempt(lam):
+        return _optax_step.judge(m, lam, *solve(lam), jnp.array(True), accept_ratio)
+
+    t = attempt(lam)
+    if probe is None:
+        return t, jnp.ones((), jnp.int32)
+    return _optax_damping.lm_probe(attempt, t, lam, rejections, **probe)
+
+
+def _trust_region_trial(m, radius, lam_ref, tr, *, accept_ratio, inertia):
+    """``(trial, factorisations, found)``: the trust-region search for ``λ`` on the model's kept
+    blocks (``tr``: the keyword arguments of :func:`~hessinv._optax_damping.trust_region_damping`),
+    then the verdict on its step."""
+
+    def solve(lam):
+        F = _blocks.Blocks.factorize(m.blocks, lam)
+        return F, F.solve_rows(m.g)
+
+    shapes = [(seg.n, seg.p, seg.p) for seg in m.pipe.segments if seg.p > 0]
+    lam, d, pivots, iters, found = _optax_damping.trust_region_damping(
+        solve, m.g, radius, lam_ref, pivot_shapes=shapes, **tr
+    )
+    health = _optax_health.pivots_health(pivots, _diagnostics.rcond_tol(m.pipe), inertia)
+    return _optax_step.judge(m, lam, d, health, found, accept_ratio), iters, found
+
+
+# -- scale_by_newton --------------------------------------------------------------------------
 
 
 def scale_by_newton(
@@ -262,10 +303,12 @@ def scale_by_newton(
 
     ``C`` is the Hessian (``curvature="hessian"``) or the generalised Gauss-Newton matrix
     (``curvature="ggn"``, MATH.md section 5; the last layer must be a parameter-free loss, e.g.
-    with params ``{}``). The per-layer blocks are computed once per step; every damping tried
-    costs one stage-recursion factorisation of them (MATH.md section 3). The step is applied only
-    if the loss at ``params - d`` decreases as the quadratic model predicts (see the module
-    docstring); otherwise the returned update is zero.
+    with params ``{}``). Every damping tried costs one exact solve: on the stage recursion a
+    one-pass solve (MATH.md section 3), on the dense and output-space routes a refactorisation
+    of the λ-independent part formed once per step; the trust region keeps the blocks and
+    factorises them once per iterate of its search. The step is applied only if the loss at
+    ``params - d`` decreases as the quadratic model predicts (see the module docstring);
+    otherwise the returned update is zero.
 
     The transformation's ``update(updates, state, params, *, z0, **extra_args)`` takes the
     gradient of the pipeline loss at ``(params, z0)`` as ``updates`` and the batch ``z0`` as a
@@ -313,277 +356,56 @@ def scale_by_newton(
         updates, state = opt.update(grads, state, params, z0=batch)
         params = optax.apply_updates(params, updates)
     """
-    if isinstance(layers, _pipeline.Stack) or callable(layers):
-        raise TypeError("layers must be a sequence of layer functions (or hessinv.Stack), not a single layer")
-    layers = tuple(layers)
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(damping, str):
-        if damping not in DAMPINGS:
-            raise ValueError(f"damping must be one of {DAMPINGS} or a float >= 0, got {damping!r}")
-        mode = damping
-    else:
-        _check_positive("damping", float(damping), allow_zero=True)
-        mode = "fixed"
-    if min_damping is None:
-        min_damping = 1e-9 if mode == "lm" else 0.0
-    _check_positive("init_damping", init_damping)
-    _check_positive("min_damping", min_damping, allow_zero=True)
-    if not max_damping >= max(min_damping, init_damping if mode == "lm" else 0.0):
-        raise ValueError(
-            f"need min_damping <= init_damping <= max_damping, got {min_damping}, {init_damping}, {max_damping}"
-        )
-    if not increase_factor > 1:
-        raise ValueError(f"increase_factor must be > 1, got {increase_factor}")
-    if not 0 < decrease_factor < 1:
-        raise ValueError(f"decrease_factor must be in (0, 1), got {decrease_factor}")
-    if probe_factor is not None and not 0 < probe_factor < 1:
-        raise ValueError(f"probe_factor must be in (0, 1) or None, got {probe_factor}")
-    if not 0 <= accept_ratio < 0.25:
-        raise ValueError(f"accept_ratio must be in [0, 0.25), got {accept_ratio}")
-    _check_positive("init_radius", init_radius)
-    if not max_radius >= init_radius:
-        raise ValueError(f"max_radius must be >= init_radius, got {max_radius} < {init_radius}")
-    if not 0 < tr_rtol < 1:
-        raise ValueError(f"tr_rtol must be in (0, 1), got {tr_rtol}")
-    if not isinstance(inertia, bool):
-        raise TypeError(f"inertia must be a bool, got {inertia!r}")
-    if not (isinstance(tr_max_iters, int) and tr_max_iters >= 1):
-        raise ValueError(f"tr_max_iters must be a positive int, got {tr_max_iters!r}")
+    layers = _check_layers(layers)
+    mode = _damping_mode(damping, DAMPINGS)
+    lm = (increase_factor, decrease_factor)
+    checked = _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia)
+    min_damping, lm_rule = checked
+    _check_trust_region(probe_factor, init_radius, max_radius, tr_rtol, tr_max_iters)
+    lam_floor = float(damping) if mode == "fixed" else min_damping  # λ > 0 allows the output space
+    judging = dict(accept_ratio=accept_ratio, inertia=inertia)
+    probe = (
+        dict(probe_factor=probe_factor, min_damping=min_damping) if mode == "lm" and probe_factor is not None else None
+    )
+    tr = dict(min_damping=min_damping, rtol=tr_rtol, max_iters=tr_max_iters, lam_scale=init_damping)
 
     def init_fn(params):
         dt = _params_dtype(params)
-        zero = jnp.zeros((), dt)
         lam0 = float(damping) if mode == "fixed" else init_damping
         radius = init_radius if mode == "trust_region" else jnp.inf
-        info = NewtonInfo(
-            loss=zero,
-            trial_loss=zero,
-            predicted_decrease=zero,
-            ratio=zero,
-            accepted=jnp.array(False),
-            damping=jnp.asarray(lam0, dt),
-            step_norm=zero,
-            positive_definite=jnp.array(False),
-            n_neg=jnp.zeros((), jnp.int32),
-            min_rcond=zero,
-            ok=jnp.array(False),
-            iterations=jnp.zeros((), jnp.int32),
-        )
         zero_i = jnp.zeros((), jnp.int32)
-        return ScaleByNewtonState(zero_i, jnp.asarray(lam0, dt), jnp.asarray(radius, dt), zero_i, info)
+        return ScaleByNewtonState(
+            zero_i, jnp.asarray(lam0, dt), jnp.asarray(radius, dt), zero_i, _initial_info(dt, lam0)
+        )
 
     def update_fn(updates, state, params=None, *, z0=None, **extra_args):
         del extra_args  # optax convention: unknown extra arguments are ignored
-        if params is None:
-            raise ValueError("scale_by_newton needs params: call update(grads, state, params, z0=batch)")
-        if z0 is None:
-            raise ValueError("scale_by_newton needs the batch: call update(grads, state, params, z0=batch)")
-        pipe = _pipeline.build(layers, params, z0)
-        if _pipeline.is_concrete(params, z0):  # called eagerly: NaN/inf inputs raise, naming the leaf
-            _api._check_inputs(params, z0)
-        dt = pipe.dtype
-        sdt = state.damping.dtype
-        g = _pipeline.to_rows(pipe, list(updates))
-
-        tol = jnp.asarray(max([seg.p for seg in pipe.segments] + [1]) * jnp.finfo(dt).eps, dt)  # as Factorization
-        if mode == "trust_region":
-            # Many dampings per step: the λ-independent blocks are computed once and kept.
-            blk = _api.blocks(layers, params, z0, curvature=curvature)
-
-            def solve(lam):
-                F = _blocks.Blocks.factorize(blk, lam)
-                return F, F.solve_rows(g)
-
-            lam, d, pivots, iters, found = _trust_region_damping(
-                solve,
-                g,
-                state.radius.astype(dt),
-                state.damping.astype(dt),
-                min_damping,
-                tr_rtol,
-                tr_max_iters,
-                init_damping,
-                [(seg.n, seg.p, seg.p) for seg in pipe.segments if seg.p > 0],
-            )
-        else:
-            blk = None
-
-        loss0 = _pipeline.loss(layers, params, z0).astype(dt)
-
-        def judge(lam, d, health, found):
-            """The model's predicted decrease and the trial loss of step ``d``, with the health
-            ``(positive_definite, n_neg, min_rcond, ok)`` of ``C + λI``."""
-            pd, n_neg, min_rcond, ok = health
-            # The quadratic model at s = -d, with the undamped curvature C.
-            if blk is not None:
-                Cd = _hvp.structured_hvp_rows(blk, d, 0.0)
-            else:  # Pearlmutter's hvp, or the GGN's Jᵀ ∇²ℓ J d: a few gradients' worth
-                vp = _hvp.ggn_vp if curvature == "ggn" else _hvp.pearlmutter_hvp
-                Cd = _pipeline.to_rows(pipe, vp(layers, list(params), z0, _pipeline.from_rows(pipe, d)))
-            pred = _dot(g, d) - 0.5 * _dot(d, Cd)
-            step = _pipeline.from_rows(pipe, d)
-            trial = [jax.tree.map(lambda x, s: x - s.astype(x.dtype), x, s) for x, s in zip(params, step)]
-            loss1 = _pipeline.loss(layers, trial, z0).astype(dt)
-            actual = loss0 - loss1
-            ratio = jnp.where(pred > 0, actual / jnp.where(pred > 0, pred, 1), -jnp.inf)
-            finite = _all_finite(d) & jnp.isfinite(loss1) & jnp.isfinite(pred)
-            accepted = found & finite & (pred > 0) & (actual > 0) & (ratio >= accept_ratio)
-            return _Trial(lam, step, loss1, pred, ratio, accepted, jnp.sqrt(_dot(d, d)), pd, n_neg, min_rcond, ok)
-
-        if mode == "trust_region":
-            t = judge(lam, d, _pivots_health(pivots, tol, inertia), found)
-        else:
-            # The route of each solve: λ ≥ min_damping (LM) or the fixed λ decides whether the
-            # output-space route (λ > 0 only) is allowed.
-            lam_floor = float(damping) if mode == "fixed" else min_damping
-            route = _api._route(pipe, method, curvature, jnp.asarray(lam_floor, dt))
-
-            if route != "riccati":  # C (or Z, D, Z Zᵀ) once per step; each damping tried refactors it
-                factor_at = _api.damped(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature, route)
-
-            def attempt(lam):
-                if route == "riccati":
-                    # The one-pass solve (blocks computed chunk by chunk inside the recursion,
-                    # never all kept), about half the time of blocks + factorize + solve.
-                    d, outs = _oneshot.solve(pipe, list(params), z0, g, lam, curvature, keep_pivot=True)
-                    return judge(lam, d, _pivots_health(_oneshot.pivots(pipe, outs), tol, inertia), jnp.array(True))
-                F = factor_at(lam)
-                return judge(lam, F.solve_rows(g), _factorization_health(F, inertia), jnp.array(True))
-
-            lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            t = attempt(lam)
-            iters = jnp.ones((), jnp.int32)
-            if mode == "lm" and probe_factor is not None:
-                # The probe: wherever classic LM would raise λ (a rejection, or ρ < 0.25) from a
-                # convex model, and the previous update was not rejected, the same update also
-                # tries λ·probe_factor and keeps the better accepted step. LM assumes a larger λ
-                # gives a more trustworthy step; a Gauss-Newton model that misses strong positive
-                # curvature along the gradient (which a large-λ step follows) makes the ratio
-                # worst at intermediate λ, and λ gets stuck there (docs/optax.md, "The probe").
-                # Only from a convex model: a Newton model indefinite at λ is more so below it.
-                probe = (~t.accepted | (t.ratio < 0.25)) & t.positive_definite & (state.rejections == 0)
-
-                def probed(first):
-                    second = attempt(jnp.maximum(lam * probe_factor, min_damping))
-                    # the second step if it is accepted and better, or if neither is accepted
-                    take = ~first.accepted | (second.accepted & (second.trial_loss < first.trial_loss))
-                    return jax.tree.map(lambda b, a: jnp.where(take, b, a), second, first)
-
-                t = jax.lax.cond(probe, probed, lambda first: first, t)
-                iters = iters + probe.astype(jnp.int32)
-
-        accepted, ratio, pd = t.accepted, t.ratio, t.positive_definite
-
-        # A step of a nonconvex model (C + λI indefinite) may still be taken if it decreases the
-        # loss as predicted, but it never lets λ fall: the model is not trusted until convex.
-        good, bad = accepted & (ratio > 0.75) & pd, ~accepted | (ratio < 0.25)
-        if mode == "lm":
-            # Rejected (after the probe, if one was made): λ rises from the λ the step started
-            # from. Accepted: the ratio rule, from the λ of the step that was taken.
-            lam_next = jnp.where(
-                ~accepted,
-                lam * increase_factor,
-                jnp.where(good, t.damping * decrease_factor, jnp.where(bad, t.damping * increase_factor, t.damping)),
-            )
-            lam_next = jnp.clip(lam_next, min_damping, max_damping)
-            radius_next = state.radius
-        elif mode == "trust_region":
+        pipe, g = _optax_step.prepare(layers, updates, params, z0, "scale_by_newton")
+        dt, sdt = pipe.dtype, state.damping.dtype
+        if mode == "trust_region":  # many dampings per step: the λ-independent blocks are kept
+            blk = _blocks.compute(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature)
+            m = _optax_step.model(layers, pipe, params, z0, g, curvature, blk)
             radius = state.radius.astype(dt)
-            shrunk = 0.25 * jnp.where(found & jnp.isfinite(t.step_norm), jnp.minimum(t.step_norm, radius), radius)
-            grown = jnp.where(t.step_norm >= (1 - tr_rtol) * radius, jnp.minimum(2 * radius, max_radius), radius)
-            radius_next = jnp.where(bad, shrunk, jnp.where(good, grown, radius))
-            lam_next = jnp.clip(lam, min_damping, max_damping)
+            t, iters, found = _trust_region_trial(m, radius, state.damping.astype(dt), tr, **judging)
+            radius_next = _optax_damping.trust_region_radius(t, radius, found, rtol=tr_rtol, max_radius=max_radius)
+            lam_next = jnp.clip(t.damping, min_damping, max_damping)
         else:
-            lam_next, radius_next = lam, state.radius
-
-        out = jax.tree.map(
-            lambda s, u: jnp.where(accepted, s, jnp.zeros_like(s)).astype(u.dtype), t.step, list(updates)
-        )
-        out = jax.tree.unflatten(jax.tree.structure(updates), jax.tree.leaves(out))
-        new_info = NewtonInfo(
-            loss=loss0.astype(sdt),
-            trial_loss=t.trial_loss.astype(sdt),
-            predicted_decrease=t.predicted_decrease.astype(sdt),
-            ratio=ratio.astype(sdt),
-            accepted=accepted,
-            damping=t.damping.astype(sdt),
-            step_norm=t.step_norm.astype(sdt),
-            positive_definite=jnp.asarray(pd, bool),
-            n_neg=jnp.asarray(t.n_neg, jnp.int32),
-            min_rcond=jnp.asarray(t.min_rcond).astype(sdt),
-            ok=jnp.asarray(t.ok, bool),
-            iterations=jnp.asarray(iters, jnp.int32),
-        )
+            m = _optax_step.model(layers, pipe, params, z0, g, curvature)
+            lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
+            route = _optax_step.route(pipe, method, curvature, lam_floor)
+            t, iters = _damped_trial(m, lam, state.rejections, route, probe, **judging)
+            lam_next = _optax_damping.lm_damping(t, lam, **lm_rule) if mode == "lm" else lam
+            radius_next = state.radius
         new_state = ScaleByNewtonState(
             count=optax.safe_int32_increment(state.count),
             damping=jnp.asarray(lam_next).astype(sdt),
             radius=jnp.asarray(radius_next).astype(sdt),
-            rejections=jnp.where(accepted, 0, state.rejections + 1).astype(jnp.int32),
-            info=new_info,
+            rejections=_rejections(t, state.rejections),
+            info=_newton_info(m.loss, t, iters, sdt),
         )
-        return out, new_state
+        return _optax_step.masked_update(t, updates), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _trust_region_damping(solve, g, radius, lam_ref, min_damping, rtol, max_iters, lam_scale, pivot_shapes):
-    """Find ``λ ≥ min_damping`` with ``C + λI ≻ 0`` and ``(1 − rtol) Δ ≤ ‖d(λ)‖ ≤ Δ``
-    (or ``‖d(min_damping)‖ ≤ Δ``), by a safeguarded Newton iteration on ``φ(λ) = 1/Δ − 1/‖d(λ)‖``
-    (Moré & Sorensen 1983): ``λ⁺ = λ + (‖d‖² / dᵀ(C + λI)^{-1} d) (‖d‖ − Δ)/Δ``, kept inside the
-    bracket ``(lo, hi)`` of infeasible / feasible dampings, else bisected on ``log λ``.
-
-    Positive definiteness is read off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with
-    ``T`` unit block-triangular, so (Sylvester) ``C + λI ≻ 0`` iff every pivot has a Cholesky
-    factor. A ``λ`` is only accepted then.
-
-    Returns ``(λ, d, pivots, iterations, found)``; ``found`` is False when no feasible ``λ`` was
-    met within ``max_iters`` factorisations (the step is then rejected).
-    """
-    dt = radius.dtype
-    lam_min = jnp.asarray(min_damping, dt)
-    lam_ref = jnp.maximum(lam_ref, lam_min)
-    inf = jnp.asarray(jnp.inf, dt)
-
-    def evaluate(lam):
-        F, d = solve(lam)
-        pivots = _pivots(F)
-        nrm = jnp.sqrt(_dot(d, d))
-        pd = _cholesky_health(pivots)[0] & _all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
-        dwd = _dot(d, F.solve_rows(d))  # dᵀ(C + λI)^{-1} d = φ'(λ) ‖d‖³
-        newton = lam + (nrm**2 / jnp.where(dwd > 0, dwd, 1)) * (nrm - radius) / radius
-        newton = jnp.where(pd & (dwd > 0), newton, jnp.nan)
-        return d, nrm, pd, pivots, newton
-
-    def body(c):
-        it, lam, lo, hi, best, _, tried_min = c
-        d, nrm, pd, pivots, newton = evaluate(lam)
-        feasible = pd & (nrm <= radius)
-        at_min = lam <= lam_min
-        done = feasible & ((nrm >= (1 - rtol) * radius) | at_min)
-        tried_min = tried_min | at_min
-        lo = jnp.where(feasible, lo, jnp.maximum(lo, lam))
-        hi = jnp.where(feasible, jnp.minimum(hi, lam), hi)
-        # Keep the feasible iterate with the longest step (the one nearest the boundary).
-        take = feasible & (nrm > best[2])
-        best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, pivots), best)
-        if_no_hi = jnp.maximum(10 * lo, jnp.where(lam_ref > lam_min, lam_ref, lam_scale))
-        bisect = jnp.where(lo > 0, jnp.sqrt(lo * hi), 0.1 * hi)
-        bisect = jnp.where(jnp.isfinite(hi), bisect, if_no_hi)
-        inside = jnp.isfinite(newton) & (newton > lo) & (newton < hi)
-        # The Newton iterate falling below λ_min means ‖d(λ)‖ = Δ has no root above it: the
-        # plain step at λ_min is the answer if it is feasible, so try it (once).
-        below = jnp.isfinite(newton) & (newton <= lam_min) & ~tried_min
-        nxt = jnp.where(below, lam_min, jnp.where(inside, newton, bisect))
-        return it + 1, nxt, lo, hi, best, done, tried_min
-
-    best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, [jnp.zeros(s, dt) for s in pivot_shapes])
-    # Warm start at the previous step's λ: from there the iteration usually takes 2-3 factorisations.
-    c0 = (jnp.zeros((), jnp.int32), lam_ref, lam_min, inf, best0, jnp.array(False), jnp.array(False))
-    iters, _, _, _, (lam, d, nrm, pivots), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
-    return lam, d, pivots, iters, nrm >= 0
 
 
 def newton(
@@ -652,3 +474,210 @@ def gauss_newton(
       True
     """
     return newton(layers, learning_rate, curvature="ggn", damping=damping, **kwargs)
+
+
+# -- the stochastic mode ----------------------------------------------------------------------
+
+
+def _health_as(h: Health, dt) -> Health:
+    """``h`` with fixed dtypes (the two branches of a ``lax.cond`` must agree)."""
+    return Health(
+        jnp.asarray(h.positive_definite, bool),
+        jnp.asarray(h.n_neg, jnp.int32),
+        jnp.asarray(h.min_rcond).astype(dt),
+        jnp.asarray(h.ok, bool),
+    )
+
+
+def _fresh_or_stored(m, route, lam, refresh, state, inertia):
+    """``(F, health)``: where ``refresh``, a new factorisation of ``C + λI`` on the model's params
+    and batch and its health; else the stored factorisation and the health the last step
+    reported for it. A ``lax.cond``: a reuse pays for no factorisation (``refresh`` a Python
+    ``True``: no cond)."""
+    dt = m.pipe.dtype
+
+    def fresh():
+        F = _optax_step.factorizer(m.pipe, m.params, m.z0, m.curvature, route)(lam)
+        return F, _health_as(_optax_health.health(F, inertia), dt)
+
+    def stored():
+        i = state.info
+        return state.factorization, _health_as(Health(i.positive_definite, i.n_neg, i.min_rcond, i.ok), dt)
+
+    return fresh() if refresh is True else jax.lax.cond(refresh, fresh, stored)
+
+
+def _placeholder_factorization(layers, params, batch_like, curvature, method, lam_floor, lam0):
+    """Zeros shaped like the factorisation an update will store (for ``init``, which has no
+    batch): its shapes, from ``jax.eval_shape``, depend on the batch's shapes only."""
+
+    def factorization(params, z0):
+        pipe = _pipeline.build(layers, params, z0)
+        route = _optax_step.route(pipe, method, curvature, lam_floor)
+        return _optax_step.factorizer(pipe, params, z0, curvature, route)(jnp.asarray(lam0, pipe.dtype))
+
+    shapes = jax.eval_shape(factorization, list(params), batch_like)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def scale_by_stochastic_newton(
+    layers: Sequence,
+    batch_like: Any,
+    *,
+    curvature: str = "ggn",
+    method: str = "auto",
+    damping: str | float = "lm",
+    refresh_every: int = 10,
+    init_damping: float = 1e-3,
+    min_damping: float | None = None,
+    max_damping: float = 1e10,
+    increase_factor: float = 4.0,
+    decrease_factor: float = 1.0 / 3.0,
+    accept_ratio: float = 1e-4,
+    inertia: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Mini-batch exact Newton: ``(C_b + λI)^{-1} g``, the factorisation of ``C_b + λI`` on one
+    batch ``b`` reused for the next ``refresh_every - 1`` updates.
+
+    An update refactorises (on its own params and batch, at the state's ``λ``) when the stored
+    factorisation has served ``refresh_every`` updates, or when the previous update was
+    rejected; otherwise it solves its own gradient with the stored factorisation,
+    ``d = (C_old + λ_old I)^{-1} g_new``, which costs one solve instead of the curvature and its
+    factorisation. Every step is judged as in :func:`scale_by_newton`, on the update's own batch:
+    the trial loss and the model ``gᵀd − ½ dᵀ C d`` with the current batch's ``C`` (one
+    curvature-vector product). A rejected step is not applied. With ``damping="lm"`` the ratio
+    measured on the current batch moves ``λ`` by the Levenberg-Marquardt rule (no probe), and
+    the next refactorisation uses it; a rejection raises ``λ`` and refactorises at once. A
+    float keeps ``λ`` fixed.
+
+    It pays where a factorisation costs many solves (the stage recursion: blocks and
+    factorisation against about one hvp per solve; the dense route ``O(n³)`` against
+    ``O(n²)``; the output space ``m`` Jacobian rows against two ``m × n`` products) and where the
+    curvature changes little over ``refresh_every`` updates compared with ``λ``. A batch's
+    Gauss-Newton matrix has rank at most batch × outputs: with more parameters than that and a
+    small ``λ``, the stale inverse sends the new gradient's part outside the old batch's range
+    to a step of size ``‖g‖/λ``, the step is rejected, and every update refactorises (see
+    docs/optax.md).
+
+    ``update(updates, state, params, *, z0, **extra_args)`` as for :func:`scale_by_newton`; every
+    batch ``z0`` must have the shapes and dtypes of ``batch_like`` (the state holds the
+    factorisation, so its shapes are fixed at ``init``).
+
+    Args:
+      layers: the pipeline's layer functions (or :class:`hessinv.Stack`), as in :func:`hessinv.ihvp`.
+      batch_like: a batch, or a pytree of ``jax.ShapeDtypeStruct`` shaped like one: only its
+        shapes and dtypes are used, to size the stored factorisation at ``init``.
+      curvature: ``"ggn"`` (default) or ``"hessian"``.
+      method: the exact route, as in :func:`scale_by_newton` (the stage recursion keeps its
+        blocks and factors here, since they are reused).
+      damping: ``"lm"`` or a fixed float ``λ ≥ 0``.
+      refresh_every: refactorise at least every this many updates (1: every update, the exact
+        per-step solve of :func:`scale_by_newton`).
+      init_damping: the first ``λ`` (``"lm"``).
+      min_damping: the lower bound on ``λ``; defaults to ``1e-9`` for ``"lm"``.
+      max_damping: the upper bound on ``λ``.
+      increase_factor: LM's multiplier of ``λ`` on failure.
+      decrease_factor: LM's multiplier of ``λ`` on success.
+      accept_ratio: the smallest actual/predicted decrease ratio accepted.
+      inertia: as in :func:`scale_by_newton` (checked when the factorisation is made).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByStochasticNewtonState`.
+    """
+    layers = _check_layers(layers)
+    mode = _damping_mode(damping, ("lm",))
+    lm = (increase_factor, decrease_factor)
+    checked = _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia)
+    min_damping, lm_rule = checked
+    if not (isinstance(refresh_every, int) and refresh_every >= 1):
+        raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}")
+    lam0 = float(damping) if mode == "fixed" else init_damping
+    lam_floor = lam0 if mode == "fixed" else min_damping  # λ > 0 allows the output space
+
+    def init_fn(params):
+        dt, zero_i = _params_dtype(params), jnp.zeros((), jnp.int32)
+        F0 = _placeholder_factorization(layers, params, batch_like, curvature, method, lam_floor, lam0)
+        age = jnp.asarray(refresh_every, jnp.int32)  # the first update factorises
+        return ScaleByStochasticNewtonState(zero_i, jnp.asarray(lam0, dt), zero_i, age, F0, _initial_info(dt, lam0))
+
+    def update_fn(updates, state, params=None, *, z0=None, **extra_args):
+        del extra_args  # optax convention: unknown extra arguments are ignored
+        pipe, g = _optax_step.prepare(layers, updates, params, z0, "scale_by_stochastic_newton")
+        dt, sdt = pipe.dtype, state.damping.dtype
+        m = _optax_step.model(layers, pipe, params, z0, g, curvature)
+        route = _optax_step.route(pipe, method, curvature, lam_floor)
+        lam = jnp.asarray(lam0, dt) if mode == "fixed" else state.damping.astype(dt)
+        refresh = True if refresh_every == 1 else (state.age >= refresh_every) | (state.rejections > 0)
+        F, health = _fresh_or_stored(m, route, lam, refresh, state, inertia)
+        lam = F.damping  # the step's λ: the one the (possibly stored) factorisation was made at
+        t = _optax_step.judge(m, lam, F.solve_rows(g), health, jnp.array(True), accept_ratio)
+        lam_next = _optax_damping.lm_damping(t, lam, **lm_rule) if mode == "lm" else lam
+        refreshed = jnp.asarray(refresh, bool)
+        new_state = ScaleByStochasticNewtonState(
+            count=optax.safe_int32_increment(state.count),
+            damping=jnp.asarray(lam_next).astype(sdt),
+            rejections=_rejections(t, state.rejections),
+            age=jnp.where(refreshed, 1, jnp.minimum(state.age + 1, refresh_every)).astype(jnp.int32),
+            factorization=F,
+            info=_newton_info(m.loss, t, refreshed.astype(jnp.int32), sdt),
+        )
+        return _optax_step.masked_update(t, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def stochastic_gauss_newton(
+    layers: Sequence,
+    batch_like: Any,
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    damping: str | float = "lm",
+    refresh_every: int = 10,
+    **kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Mini-batch Gauss-Newton with a reused factorisation: ``params ← params − lr · (G_b + λI)^{-1} ∇L_{b'}``.
+
+    ``chain(scale_by_stochastic_newton(layers, batch_like, curvature="ggn", ...),
+    scale_by_learning_rate(learning_rate))``: ``G_b + λI`` is factorised on the batch ``b`` of
+    one update and reused, for the gradients of the next ``refresh_every - 1`` batches ``b'``;
+    see :func:`scale_by_stochastic_newton` for when it refactorises and when that pays.
+
+    Examples:
+      A regression trained on fresh batches of 16, refactorising every fourth update:
+
+      >>> import jax, jax.numpy as jnp, optax, hessinv
+      >>> jax.config.update("jax_enable_x64", True)
+      >>> def dense(z, x):
+      ...     return {"h": jnp.tanh(z["h"] @ x["W"] + x["c"]), "y": z["y"]}
+      >>> def mse(z, x):  # the parameter-free loss ℓ, params {}
+      ...     return 0.5 * jnp.mean((z["h"][:, 0] - z["y"]) ** 2)
+      >>> layers = [dense, dense, mse]
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> params = [{"W": jax.random.normal(k1, (3, 4)), "c": jnp.zeros(4)},
+      ...           {"W": jax.random.normal(k2, (4, 4)) / 2, "c": jnp.zeros(4)}, {}]
+      >>> X = jax.random.normal(k3, (128, 3))
+      >>> data = {"h": X, "y": 0.5 * jnp.sin(X[:, 0])}
+      >>> batch = lambda i: jax.tree.map(lambda a: a[16 * (i % 8) : 16 * (i % 8 + 1)], data)
+      >>> opt = hessinv.optax.stochastic_gauss_newton(layers, batch(0), refresh_every=4, damping=1.0)
+      >>> state = opt.init(params)
+      >>> @jax.jit
+      ... def step(params, state, z0):
+      ...     grads = jax.grad(lambda p: hessinv.loss(layers, p, z0))(params)
+      ...     updates, state = opt.update(grads, state, params, z0=z0)
+      ...     return optax.apply_updates(params, updates), state
+      >>> loss0 = hessinv.loss(layers, params, data)
+      >>> factorised = []
+      >>> for i in range(16):
+      ...     params, state = step(params, state, batch(i))
+      ...     factorised.append(int(optax.tree_utils.tree_get(state, "info").iterations))
+      >>> factorised[:8]  # a factorisation on updates 0 and 4, reused in between
+      [1, 0, 0, 0, 1, 0, 0, 0]
+      >>> bool(hessinv.loss(layers, params, data) < 0.1 * loss0)
+      True
+    """
+    return optax.chain(
+        scale_by_stochastic_newton(
+            layers, batch_like, curvature="ggn", damping=damping, refresh_every=refresh_every, **kwargs
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
