@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _blocks, _dense, _diagnostics, _gauss_newton, _hvp, _oneshot, _pipeline, _riccati, _woodbury, cost
+from . import (
+    _blocks, _dense, _diagnostics, _gauss_newton, _hvp, _oneshot, _parallel, _pipeline, _riccati, _woodbury, cost
+)
 from ._errors import NonFiniteError
 from ._factorization import Factorization
 
@@ -108,7 +110,8 @@ def route(
       method: as in :func:`ihvp`.
 
     Returns:
-      ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
+      ``"riccati"``, ``"dense"`` or ``"gauss_newton"`` (what ``"auto"`` picks), or the forced
+      ``method`` (``"woodbury"``, ``"parallel"``).
 
     Examples:
       Nothing is computed but shapes, so this is cheap even for deep networks.
@@ -169,7 +172,7 @@ def _route(pipe, method: str, curvature: str, damping) -> str:
 
 def _factorize_route(pipe, params, z0, damping, curvature, route):
     seg_rows = _pipeline.rows(pipe, params)
-    if route in ("riccati", "woodbury"):
+    if route in ("riccati", "woodbury", "parallel"):
         return damped(pipe, seg_rows, z0, curvature, route)(damping)
     module = _dense if route == "dense" else _gauss_newton
     return module.factorize(pipe, seg_rows, z0, damping, curvature)
@@ -181,9 +184,9 @@ def damped(pipe, seg_rows, z0, curvature: str, route: str):
     dense ``C``, or the output-space ``Z``) formed once here: for many dampings or shifts (the
     optimiser's damping search, spectra by bisection, evidence maximisation). No eager checks:
     the caller validates, and reads ``info()`` under ``jit``."""
-    if route in ("riccati", "woodbury"):
+    if route in ("riccati", "woodbury", "parallel"):
         blk = _blocks.compute(pipe, seg_rows, z0, curvature)
-        module = _riccati if route == "riccati" else _woodbury
+        module = {"riccati": _riccati, "woodbury": _woodbury, "parallel": _parallel}[route]
         return lambda lam: module.factorize_blocks(blk, lam)
     if route == "dense":
         C = _dense.matrix(pipe, seg_rows, z0, curvature)
@@ -221,7 +224,11 @@ def factorize(
     * ``"gauss_newton"``: ``curvature="ggn"`` only, ``λ > 0``: Woodbury in the ``m``-dimensional
       output space; cheapest when the network has few outputs (``m = batch × outputs ≪ n``);
     * ``"woodbury"``: the paper's own route (section 6), which needs square invertible
-      ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks; never chosen by ``"auto"``.
+      ``∂f_l/∂x_l`` and invertible ``K_xx`` blocks; never chosen by ``"auto"``;
+    * ``"parallel"``: the stage recursion's pivots with ``O(log L)`` sequential steps
+      (associative scans, :mod:`hessinv._parallel`), for accelerators, where the sequential
+      recursion is bound by its number of steps; needs invertible ``K_xx,l + λI`` and loses
+      digits at small ``λ``; never chosen by ``"auto"``.
 
     Args:
       layers: the pipeline's layers, as in :func:`hvp`.
@@ -229,7 +236,7 @@ def factorize(
       z0: the batch, as in :func:`hvp`.
       damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
-      method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
+      method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"``, ``"woodbury"`` or ``"parallel"``.
 
     Returns:
       A :class:`~hessinv.Factorization` (a pytree) of ``C + λI``.
@@ -368,7 +375,7 @@ def ihvp(
       g: shaped exactly like ``params``.
       damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
-      method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"woodbury"``.
+      method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"``, ``"woodbury"`` or ``"parallel"``.
       return_info: also return an :class:`~hessinv.Info` (health, and the route that ran). Use
         it under ``jit``, where errors cannot be raised.
 

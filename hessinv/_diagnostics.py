@@ -18,7 +18,7 @@ from . import _pipeline
 from ._errors import NonFiniteError, SingularPivotError
 
 #: The exact routes, in the order of :attr:`Info.route`'s codes.
-ROUTES = ("riccati", "woodbury", "dense", "gauss_newton")
+ROUTES = ("riccati", "woodbury", "dense", "gauss_newton", "parallel")
 
 
 def check_finite(tree, name: str) -> None:
