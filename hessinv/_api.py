@@ -163,6 +163,8 @@ def _route(pipe, method: str, curvature: str, damping) -> str:
     _blocks.check_curvature(pipe, curvature)
     if method == "gauss_newton":
         _gauss_newton.check(pipe, curvature)
+    if method == "parallel":
+        _parallel.warn_about_cpu_scheduler()
     if method != "auto":
         return method
     # A damping known to be 0 (or negative) rules out the output-space route, which needs λ > 0.

@@ -57,7 +57,8 @@ On a CPU with jaxlib 0.10.2, XLA's concurrency-optimised scheduler can make a pr
 several independent batched linear-algebra calls hang (never return); this route's programs
 have them (at 4096 layers of the core network, every time). Run with
 ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`` on a CPU (set before JAX
-starts); accelerators are not affected by that scheduler.
+starts; without it the entry points warn, a ``RuntimeWarning``); accelerators do not use that
+scheduler.
 
 Partitioned elimination (each segment or chunk eliminated independently, then a reduced system on
 the boundaries) was the alternative. It has the same kind of extra pivots, but its depth is the
@@ -69,6 +70,8 @@ equally shaped elements.
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -181,6 +184,25 @@ def _stages(seg, blk: SegmentBlocks, S_l, lam) -> StageFactors:
         lu, piv, perm = jax.lax.linalg.lu(Q_uu)
         G = jax.vmap(lu_solve)(lu, perm, Q_uz)
     return StageFactors(Q_uu, lu, piv, perm, G, S_l, blk.A - blk.B @ G, None, None)
+
+
+#: The XLA flag that keeps XLA:CPU (jaxlib 0.10.2) from hanging on this route's programs.
+CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def warn_about_cpu_scheduler() -> None:
+    """On a CPU without :data:`CPU_SCHEDULER_FLAG`, say that the route's programs may hang (a
+    warning, not an error: the hang depends on XLA's schedule). Called by the entry points when
+    ``method="parallel"``, so the warning points at the caller's line."""
+    if jax.default_backend() == "cpu" and CPU_SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        warnings.warn(
+            "method='parallel' on a CPU: XLA:CPU's concurrency-optimised scheduler can hang programs with "
+            "several independent batched linear-algebra calls, as this route's are (seen at 4096 layers). "
+            f"Set XLA_FLAGS={CPU_SCHEDULER_FLAG} before JAX starts, or use method='riccati', which is faster "
+            "on a CPU.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 @jax.jit

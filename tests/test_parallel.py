@@ -16,6 +16,9 @@ from jax.flatten_util import ravel_pytree
 import hessinv
 from hessinv import _blocks, _parallel, _pipeline, _riccati
 
+# On a CPU every entry with method="parallel" warns about an XLA:CPU scheduler hang (tested below).
+pytestmark = pytest.mark.filterwarnings("ignore:method='parallel' on a CPU:RuntimeWarning")
+
 
 def parallel(layers, params, z0, damping, curvature="hessian"):
     return hessinv.factorize(layers, params, z0, damping=damping, curvature=curvature, method="parallel")
@@ -195,3 +198,16 @@ def test_singular_element_raises_and_riccati_works():
     x = F.solve(g)
     x_ref = hessinv.factorize(layers, params, z0, damping=lam, method="riccati").solve(g)
     assert rel_err(flat(x), flat(x_ref)) < 1e-9
+
+
+@pytest.mark.filterwarnings("error")
+def test_warns_on_a_cpu_unless_the_scheduler_flag_is_set(monkeypatch):
+    """The XLA:CPU hang this route can meet is announced at the caller's line, and silenced by
+    the flag that prevents it."""
+    layers, params, z0 = stack_mlp()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    with pytest.warns(RuntimeWarning, match="concurrency_optimized_scheduler=false") as rec:
+        hessinv.route(layers, params, z0, method="parallel")
+    assert rec[0].filename == __file__
+    monkeypatch.setenv("XLA_FLAGS", _parallel.CPU_SCHEDULER_FLAG)
+    assert hessinv.route(layers, params, z0, method="parallel") == "parallel"  # no warning: "error" above
