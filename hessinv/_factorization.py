@@ -212,21 +212,21 @@ class Factorization:
         return self
 
 
+def _compiled_unless_runs(f, **jit_kwargs):
+    """``f(F, ...)`` as one compiled program, except for a pipeline with runs of identical plain
+    entries: there ``f`` runs op by op around the programs it calls, so that the arrays of the
+    list's entries (one per leaf and entry) never become a program's arguments, whose number
+    would drive its compile time."""
+    compiled = jax.jit(f, **jit_kwargs)
+    return lambda F, *args: (f if _pipeline.has_runs(F.pipe) else compiled)(F, *args)
+
+
 def _through_rows(F, fn, tree):
     """``fn(F, rows)`` for a params-shaped ``tree``: converted to the per-segment rows and back."""
     return _pipeline.from_rows(F.pipe, fn(F, _pipeline.to_rows(F.pipe, tree)))
 
 
-_through_rows_jit = jax.jit(_through_rows, static_argnums=1)
-
-
-def _on_rows(F, fn, tree):
-    """:func:`_through_rows`, in one compiled program, except for a plain list's runs of
-    identical entries: their conversion runs outside the program, so that their arrays (one
-    per leaf and entry) never become its arguments, whose number would drive its compile time."""
-    return (_through_rows if _pipeline.has_runs(F.pipe) else _through_rows_jit)(F, fn, tree)
-
-
+_on_rows = _compiled_unless_runs(_through_rows, static_argnums=1)
 _solve_rows = jax.jit(lambda F, rows: F.solve_rows(rows))
 _matvec_rows = jax.jit(lambda F, rows: F.matvec_rows(rows))
 _logdet = jax.jit(lambda F: F._logdet())
@@ -254,11 +254,7 @@ def _sample_tree(F, key, shape):
     return one(_sample_rows(F, key, shape))
 
 
-_sample_tree_jit = jax.jit(_sample_tree, static_argnums=2)
-
-
-def _sample(F, key, shape):
-    return (_sample_tree if _pipeline.has_runs(F.pipe) else _sample_tree_jit)(F, key, shape)
+_sample = _compiled_unless_runs(_sample_tree, static_argnums=2)
 
 
 def _entries(pipe, seg_blocks) -> list:

@@ -69,7 +69,6 @@ equally shaped elements.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
@@ -86,7 +85,7 @@ from ._diagnostics import rcond_tol as _rcond_tol
 from ._errors import SingularPivotError
 from ._factorization import Factorization
 from ._linalg import lu_solve, sym
-from ._riccati import RiccatiFactorization, StageFactors
+from ._riccati import RiccatiFactorization, StageFactors, whitened
 
 if TYPE_CHECKING:
     from ._blocks import Blocks, SegmentBlocks
@@ -371,15 +370,7 @@ class ParallelFactorization(Factorization):
 
     def _sample_rows(self, eps_rows):
         """``x = T^{-1} y`` with ``y_l = L_l^{-T} ε_l`` (``Q_uu,l = L_l L_lᵀ``): ``Cov(x) = (C + λI)^{-1}``."""
-        tri = functools.partial(jax.lax.linalg.triangular_solve, left_side=True, lower=True, transpose_a=True)
-        ys = []
-        for seg, st, eps in zip(self.pipe.segments, self.stages, eps_rows):
-            if seg.p == 0:
-                ys.append(eps)
-                continue
-            L = jnp.linalg.cholesky(st.Q_uu)
-            ys.append(jax.vmap(lambda L, e: tri(L, e[:, None])[:, 0])(L, eps.astype(L.dtype)))
-        return self._forward([-y for y in ys])
+        return self._forward([-y for y in whitened(self.pipe, self.stages, eps_rows)])
 
     # -- what the pivots tell -------------------------------------------------------------------
 

@@ -136,6 +136,20 @@ def factorize_blocks(blocks: Blocks, damping=0.0, *, unroll: int = 1) -> Riccati
     return RiccatiFactorization(blocks, lam, stages)
 
 
+def whitened(pipe, stages, eps_rows) -> list:
+    """``y_l = L_l^{-T} ε_l`` per segment, ``Q_uu,l = L_l L_lᵀ`` the stage pivots' Cholesky
+    factors (NaN where a pivot is not positive definite): what a sample is made of."""
+    tri = functools.partial(jax.lax.linalg.triangular_solve, left_side=True, lower=True, transpose_a=True)
+    ys = []
+    for seg, st, eps in zip(pipe.segments, stages, eps_rows):
+        if seg.p == 0:
+            ys.append(eps)
+            continue
+        L = jnp.linalg.cholesky(st.Q_uu)
+        ys.append(jax.vmap(lambda L, e: tri(L, e[:, None])[:, 0])(L, eps.astype(L.dtype)))
+    return ys
+
+
 @jax.tree_util.register_pytree_node_class
 class RiccatiFactorization(Factorization):
     """A reusable factorisation of ``C + λI`` by the stage recursion (``method="riccati"``). A pytree.
@@ -264,15 +278,7 @@ class RiccatiFactorization(Factorization):
         """``x = T^{-1} y`` with ``y_l = L_l^{-T} ε_l`` (``Q_uu,l = L_l L_lᵀ``), so that
         ``Cov(x) = T^{-1} D^{-1} T^{-T} = (C + λI)^{-1}``; the Cholesky factors are NaN (and so
         the samples) where a pivot is not positive definite."""
-        tri = functools.partial(jax.lax.linalg.triangular_solve, left_side=True, lower=True, transpose_a=True)
-        ys = []
-        for seg, st, eps in zip(self.pipe.segments, self.stages, eps_rows):
-            if seg.p == 0:
-                ys.append(eps)
-                continue
-            L = jnp.linalg.cholesky(st.Q_uu)
-            ys.append(jax.vmap(lambda L, e: tri(L, e[:, None])[:, 0])(L, eps.astype(L.dtype)))
-        return self._forward([-y for y in ys])
+        return self._forward([-y for y in whitened(self.pipe, self.stages, eps_rows)])
 
     def matvec_rows(self, v_rows):
         """``(C + λI) v`` from the blocks (the paper's appendix A), on per-segment rows."""
