@@ -20,7 +20,18 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import (
-    _blocks, _dense, _diagnostics, _gauss_newton, _hvp, _oneshot, _parallel, _pipeline, _riccati, _woodbury, cost
+    _blocks,
+    _dense,
+    _diagnostics,
+    _gauss_newton,
+    _hvp,
+    _oneshot,
+    _parallel,
+    _pipeline,
+    _riccati,
+    _sharded,
+    _woodbury,
+    cost,
 )
 from ._errors import NonFiniteError
 from ._factorization import Factorization
@@ -157,9 +168,15 @@ def _damping(pipe, damping) -> jax.Array:
     return jnp.asarray(damping, pipe.dtype)
 
 
-def _route(pipe, method: str, curvature: str, damping) -> str:
+def _route(pipe, method: str, curvature: str, damping, mesh=None) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if mesh is not None:
+        _sharded.check_mesh(mesh)
+        if method != "parallel":
+            raise ValueError(
+                f"mesh= splits the layers over devices, which only method='parallel' does; got method={method!r}"
+            )
     _blocks.check_curvature(pipe, curvature)
     if method == "gauss_newton":
         _gauss_newton.check(pipe, curvature)
@@ -172,22 +189,25 @@ def _route(pipe, method: str, curvature: str, damping) -> str:
     return cost.choose(pipe, curvature, positive_damping=positive)
 
 
-def _factorize_route(pipe, params, z0, damping, curvature, route):
+def _factorize_route(pipe, params, z0, damping, curvature, route, mesh=None):
     seg_rows = _pipeline.rows(pipe, params)
     if route in ("riccati", "woodbury", "parallel"):
-        return damped(pipe, seg_rows, z0, curvature, route)(damping)
+        return damped(pipe, seg_rows, z0, curvature, route, mesh)(damping)
     module = _dense if route == "dense" else _gauss_newton
     return module.factorize(pipe, seg_rows, z0, damping, curvature)
 
 
-def damped(pipe, seg_rows, z0, curvature: str, route: str):
+def damped(pipe, seg_rows, z0, curvature: str, route: str, mesh=None):
     """``λ ↦`` the route's factorisation of ``C + λI`` at the params ``seg_rows`` (per-segment
     rows, :func:`hessinv._pipeline.rows`), with the λ-independent part (the stage blocks, the
     dense ``C``, or the output-space ``Z``) formed once here: for many dampings or shifts (the
     optimiser's damping search, spectra by bisection, evidence maximisation). No eager checks:
-    the caller validates, and reads ``info()`` under ``jit``."""
+    the caller validates, and reads ``info()`` under ``jit``. With a ``mesh`` (``route="parallel"``)
+    the layers are split over its devices (:mod:`hessinv._sharded`)."""
     if route in ("riccati", "woodbury", "parallel"):
         blk = _blocks.compute(pipe, seg_rows, z0, curvature)
+        if mesh is not None:
+            return lambda lam: _sharded.factorize_blocks(blk, lam, mesh=mesh)
         module = {"riccati": _riccati, "woodbury": _woodbury, "parallel": _parallel}[route]
         return lambda lam: module.factorize_blocks(blk, lam)
     if route == "dense":
@@ -205,6 +225,7 @@ def factorize(
     damping=0.0,
     curvature: str = "hessian",
     method: str = "auto",
+    mesh=None,
 ) -> Factorization:
     """Factorise ``C + λI`` once (``C`` the Hessian, or the Gauss-Newton matrix with
     ``curvature="ggn"``), for many solves, log-determinants and inertia.
@@ -230,7 +251,18 @@ def factorize(
     * ``"parallel"``: the stage recursion's pivots with ``O(log L)`` sequential steps
       (associative scans, :mod:`hessinv._parallel`), for accelerators, where the sequential
       recursion is bound by its number of steps; needs invertible ``K_xx,l + λI`` and loses
-      digits at small ``λ``; never chosen by ``"auto"``.
+      digits at small ``λ``; never chosen by ``"auto"``. With ``mesh=``, the layers are split
+      over the mesh's devices instead (below).
+
+    ``mesh``, a one-dimensional :class:`jax.sharding.Mesh` (with ``method="parallel"`` only), splits
+    every run of at least ``2P`` identical layers (``P`` devices; a :class:`~hessinv.Stack`, say)
+    into ``P`` chunks, one per device (``jax.shard_map``): each device eliminates its chunk as if
+    nothing came after it, a ``P``-step boundary system joins the chunks, and each device finishes
+    its own layers of every solve. ``L/P + P`` sequential steps instead of ``L``; ``logdet`` and
+    ``inertia`` stay exact. It needs each chunk's last ``K_xx,l + λI`` invertible (``λ > 0`` for a
+    dense layer or a Gauss-Newton matrix) and reports any other singular matrix in ``F.info()``;
+    shorter runs of layers go through the stage recursion, replicated. Right-hand sides of
+    ``jax.vmap(F.solve)`` may themselves be sharded over the mesh. See :mod:`hessinv._sharded`.
 
     Args:
       layers: the pipeline's layers, as in :func:`hvp`.
@@ -239,6 +271,8 @@ def factorize(
       damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
       method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"``, ``"woodbury"`` or ``"parallel"``.
+      mesh: ``None``, or a one-dimensional :class:`jax.sharding.Mesh` to split the layers over
+        (``method="parallel"`` only).
 
     Returns:
       A :class:`~hessinv.Factorization` (a pytree) of ``C + λI``.
@@ -271,10 +305,10 @@ def factorize(
     """
     pipe = _pipeline.build(layers, params, z0)
     damping = _damping(pipe, damping)
-    r = _route(pipe, method, curvature, damping)
+    r = _route(pipe, method, curvature, damping, mesh)
     if _pipeline.is_concrete(params, z0):
         _check_inputs(params, z0)
-    F = _factorize_route(pipe, list(params), z0, damping, curvature, r)
+    F = _factorize_route(pipe, list(params), z0, damping, curvature, r, mesh)
     if _pipeline.is_concrete(F):
         info = F.info()
         if not bool(info.finite):
@@ -282,9 +316,9 @@ def factorize(
     return F
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "curvature", "route"))
-def _ihvp_jit(layers, params, z0, g, damping, curvature, route):
-    return _ihvp_traced(layers, params, z0, g, damping, curvature, route, True)
+@functools.partial(jax.jit, static_argnames=("layers", "curvature", "route", "mesh"))
+def _ihvp_jit(layers, params, z0, g, damping, curvature, route, mesh=None):
+    return _ihvp_traced(layers, params, z0, g, damping, curvature, route, True, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("pipe", "curvature", "with_info"))
@@ -293,22 +327,22 @@ def _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info):
     return rows, (_oneshot.info(pipe, outs) if with_info else None)
 
 
-@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route", "with_info"))
-def _factorized_jit(pipe, params, z0, b_rows, damping, curvature, route, with_info):
-    F = _factorize_route(pipe, params, z0, damping, curvature, route)
+@functools.partial(jax.jit, static_argnames=("pipe", "curvature", "route", "with_info", "mesh"))
+def _factorized_jit(pipe, params, z0, b_rows, damping, curvature, route, with_info, mesh=None):
+    F = _factorize_route(pipe, params, z0, damping, curvature, route, mesh)
     return F.solve_rows(b_rows), (F._info() if with_info else None)
 
 
-def _direct(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info):
+def _direct(pipe, layers, params, z0, b_rows, damping, curvature, route, with_info, mesh=None):
     """``(C + λI)^{-1} b`` by ``route``: the stage recursion in one pass (blocks computed chunk
     by chunk inside the recursion, see :mod:`hessinv._oneshot`), any other route by its
     factorisation."""
     if route == "riccati":
         return _oneshot_jit(pipe, params, z0, b_rows, damping, curvature, with_info)
-    return _factorized_jit(pipe, params, z0, b_rows, damping, curvature, route, with_info)
+    return _factorized_jit(pipe, params, z0, b_rows, damping, curvature, route, with_info, mesh)
 
 
-def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_info):
+def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_info, mesh=None):
     """``(C + λI)^{-1} g`` as a ``jax.lax.custom_linear_solve``, whatever the route:
     differentiating the answer with respect to ``g`` is then one more solve with the same
     symmetric matrix, and with respect to ``params`` it goes through the matrix-vector product
@@ -316,7 +350,7 @@ def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_inf
     eager path, ``return_info=True``) it is the plain solve, differentiated (if at all) through
     the factorisation."""
     if with_info:  # (custom_linear_solve's has_aux does not survive jax.grad in jax 0.10.2)
-        return _direct(pipe, layers, params, z0, g_rows, damping, curvature, route, True)
+        return _direct(pipe, layers, params, z0, g_rows, damping, curvature, route, True, mesh)
     lam = damping  # cast to pipe.dtype by _damping
     # One flat vector for the linear system: a parameter-free segment's empty rows would reach
     # custom_linear_solve's JVP rule as symbolic zeros, which it cannot take (jax 0.10.2).
@@ -335,15 +369,15 @@ def _solve(pipe, layers, params, z0, g_rows, damping, curvature, route, with_inf
         return flat(_pipeline.to_rows(pipe, Cv)) + lam * x
 
     def solve(_, b):
-        return flat(_direct(pipe, layers, params, z0, rows(b), damping, curvature, route, False)[0])
+        return flat(_direct(pipe, layers, params, z0, rows(b), damping, curvature, route, False, mesh)[0])
 
     return rows(jax.lax.custom_linear_solve(matvec, g_flat, solve, symmetric=True)), None
 
 
-def _ihvp_traced(layers, params, z0, g, damping, curvature, route, with_info):
+def _ihvp_traced(layers, params, z0, g, damping, curvature, route, with_info, mesh=None):
     pipe = _pipeline.build(layers, params, z0)
     g_rows = _pipeline.to_rows(pipe, list(g))
-    rows, info = _solve(pipe, tuple(layers), list(params), z0, g_rows, damping, curvature, route, with_info)
+    rows, info = _solve(pipe, tuple(layers), list(params), z0, g_rows, damping, curvature, route, with_info, mesh)
     x = _pipeline.from_rows(pipe, rows)
     if not with_info:
         return x, None
@@ -360,6 +394,7 @@ def ihvp(
     damping=0.0,
     curvature: str = "hessian",
     method: str = "auto",
+    mesh=None,
     return_info: bool = False,
 ):
     """Inverse-Hessian-vector product ``(C + λI)^{-1} g``, exactly (``C`` the Hessian, or the
@@ -378,6 +413,8 @@ def ihvp(
       damping: ``λ``, a real scalar (may be traced; negative shifts are allowed).
       curvature: ``"hessian"`` (exact) or ``"ggn"`` (generalised Gauss-Newton).
       method: ``"auto"``, ``"riccati"``, ``"dense"``, ``"gauss_newton"``, ``"woodbury"`` or ``"parallel"``.
+      mesh: ``None``, or a one-dimensional :class:`jax.sharding.Mesh` to split the layers over
+        (``method="parallel"`` only; see :func:`factorize`).
       return_info: also return an :class:`~hessinv.Info` (health, and the route that ran). Use
         it under ``jit``, where errors cannot be raised.
 
@@ -418,14 +455,14 @@ def ihvp(
     pipe = _pipeline.build(layers, params, z0)
     _pipeline.check_like_params(pipe, g, "g")
     damping = _damping(pipe, damping)
-    r = _route(pipe, method, curvature, damping)
+    r = _route(pipe, method, curvature, damping, mesh)
     if _pipeline.is_concrete(params, z0, g, damping):
         if not return_info:
             _check_inputs(params, z0, g=g)
         # A plain list's runs of identical entries go in as stacked arrays (one per leaf and run,
         # not one per entry): XLA's compile time then stays flat in the length of the list.
         gl, gp, gg = _pipeline.grouped(pipe, layers, params, g)
-        x, info = _ihvp_jit(gl, gp, z0, gg, damping, curvature, r)
+        x, info = _ihvp_jit(gl, gp, z0, gg, damping, curvature, r, mesh)
         x = _pipeline.ungrouped(pipe, x)
         if return_info:
             return x, info
@@ -434,7 +471,7 @@ def ihvp(
         elif not bool(info.ok):
             # Refactorise eagerly: each route's own check names what failed (for Woodbury,
             # which of the paper's pivots: B_l, Q_22, S_q or S_H).
-            _factorize_route(pipe, list(params), z0, damping, curvature, r).check()
+            _factorize_route(pipe, list(params), z0, damping, curvature, r, mesh).check()
         return x
-    x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, r, return_info)
+    x, info = _ihvp_traced(layers, params, z0, g, damping, curvature, r, return_info, mesh)
     return (x, info) if return_info else x

@@ -156,16 +156,18 @@ def _elements(seg, blk: SegmentBlocks, lam) -> Element:
     return Element(F, C, J, _rcond(jnp.linalg.eigvalsh(U)), layer, layer)
 
 
+def apply_one(F, C, J, S):
+    """``Φ(S) = J + Fᵀ S (I + C S)^{-1} F`` of one element, with ``W = (I + C S)^{-1}`` (a solve
+    with the same matrix may follow) and the health of ``I + C S``."""
+    M = jnp.eye(C.shape[0], dtype=C.dtype) + C @ S
+    W = jnp.linalg.inv(M)
+    return sym(J + F.T @ (S @ W) @ F), W, _rcond_general(M, W)
+
+
 def _apply(E: Element, S):
-    """Every ``Φ(S) = J + Fᵀ S (I + C S)^{-1} F`` of the batched elements ``E`` at one ``S``, and the
-    health of each ``I + C S``."""
-
-    def one(F, C, J):
-        M = jnp.eye(C.shape[0], dtype=C.dtype) + C @ S
-        W = jnp.linalg.inv(M)
-        return sym(J + F.T @ (S @ W) @ F), _rcond_general(M, W)
-
-    return jax.vmap(one)(E.F, E.C, E.J)
+    """Every ``Φ(S)`` of the batched elements ``E`` at one ``S``, and the health of each ``I + C S``."""
+    Phi, _, rc = jax.vmap(apply_one, in_axes=(0, 0, 0, None))(E.F, E.C, E.J, S)
+    return Phi, rc
 
 
 def _stages(seg, blk: SegmentBlocks, S_l, lam) -> StageFactors:
