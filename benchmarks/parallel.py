@@ -3,6 +3,7 @@ recursion (``method="riccati"``) on the core network, as depth grows.
 
     python -m benchmarks.parallel                       # L = 64, 256, 1024, 4096
     python -m benchmarks.parallel --depth 64 256        # a subset
+    python -m benchmarks.parallel --ihvp                # also hessinv.ihvp end to end, and dense
 
 The network is the core benchmark's tanh MLP (batch 4, width 4, ``L`` layers in one
 :class:`hessinv.Stack`, cross-entropy head; :func:`benchmarks.common.mlp`), the Hessian with
@@ -15,6 +16,12 @@ On a CPU, which runs the sequential recursion's tiny steps as fast as their flop
 parallel route is expected to be slower (it does several times the work); its point is an
 accelerator, where the sequential recursion is bound by the number of steps. The figures record
 ``jax.devices()`` so CPU and accelerator runs can be told apart.
+
+With ``--ihvp``, each depth also times the user's call, ``jax.jit`` of ``hessinv.ihvp(...,
+method=m)`` from the parameters (the blocks included), for the stage recursion, the parallel
+route and the dense route (the dense Hessian formed and factorised; only up to ``--dense-max-n``
+parameters): the comparison an accelerator run needs, where the sequential recursion is bound by
+its number of steps and the dense solve by its ``n³``.
 
 Writes ``results/parallel_<platform>.json``.
 
@@ -34,6 +41,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_sched
 import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np
 
+import hessinv
 from hessinv import _blocks, _parallel, _pipeline, _riccati
 
 from . import common
@@ -71,10 +79,37 @@ def one_depth(depth: int, repeats: int) -> dict:
     return rec
 
 
+def end_to_end(depth: int, repeats: int, dense_max_n: int) -> dict:
+    """``jax.jit(hessinv.ihvp)`` by each route from the parameters, and each answer's relative
+    difference to the stage recursion's."""
+    layers, params, z0, g = common.mlp(depth)
+    n = sum(int(np.size(a)) for a in jax.tree.leaves(params))
+    rec, xs = {}, {}
+    for method in ("riccati", "parallel", "dense"):
+        if method == "dense" and n > dense_max_n:
+            rec[method] = {"skipped": f"n = {n} > --dense-max-n {dense_max_n}"}
+            continue
+
+        def solve(params, g, method=method):
+            return hessinv.ihvp(layers, params, z0, g, damping=DAMPING, method=method)
+
+        rec[method], x = common.bench(solve, params, g, repeats=repeats, warmup=1, max_seconds=60)
+        xs[method] = np.concatenate([np.ravel(a) for a in jax.tree.leaves(x)])
+    for method, x in xs.items():
+        rec[method]["rel_diff"] = float(np.linalg.norm(x - xs["riccati"]) / np.linalg.norm(xs["riccati"]))
+    times = "  ".join(
+        f"{m} {r['time_s'] * 1e3:9.2f} ms" if "time_s" in r else f"{m} skipped" for m, r in rec.items()
+    )
+    print(f"L={depth:>5} n={n:>7}  ihvp: {times}", flush=True)
+    return rec
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depth", type=int, nargs="+", default=[64, 256, 1024, 4096])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ihvp", action="store_true", help="also time hessinv.ihvp end to end, and the dense route")
+    ap.add_argument("--dense-max-n", type=int, default=6000)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
@@ -87,6 +122,9 @@ def main(argv=None):
         "timing": "factorise + one solve from precomputed blocks, jitted, 1 warm-up, median of the repeats",
         "depths": [one_depth(d, a.repeats) for d in a.depth],
     }
+    if a.ihvp:
+        for rec in out["depths"]:
+            rec["ihvp"] = end_to_end(rec["depth"], a.repeats, a.dense_max_n)
     if not a.no_write:
         print("wrote", common.write_json(out, "parallel"))
     return out
