@@ -251,7 +251,8 @@ def factorize(
     * ``"parallel"``: the stage recursion's pivots with ``O(log L)`` sequential steps
       (associative scans, :mod:`hessinv._parallel`), for accelerators, where the sequential
       recursion is bound by its number of steps; needs invertible ``K_xx,l + λI`` and loses
-      digits at small ``λ``; never chosen by ``"auto"``. With ``mesh=``, the layers are split
+      digits at small ``λ``; chosen by ``"auto"`` only where a sequential step is expensive (the
+      GPU/TPU constants of :mod:`hessinv.cost`) and ``λ > 0``. With ``mesh=``, the layers are split
       over the mesh's devices instead (below).
 
     ``mesh``, a one-dimensional :class:`jax.sharding.Mesh` (with ``method="parallel"`` only), splits

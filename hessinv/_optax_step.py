@@ -124,8 +124,12 @@ def judge(m: Model, lam, d_rows, health: Health, found, accept_ratio) -> Trial:
 
 def route(pipe, method, curvature, lam_floor) -> str:
     """The exact route of the solves (static): ``method``, or auto's choice for these shapes,
-    where a damping floor ``lam_floor`` of 0 rules out the output space (which needs ``λ > 0``)."""
-    return _api._route(pipe, method, curvature, jnp.asarray(lam_floor, pipe.dtype))
+    where a damping floor ``lam_floor`` of 0 rules out the output space (which needs ``λ > 0``).
+    Where auto would take the depth-parallel route (an accelerator), the steps take the stage
+    recursion instead: the step's health check reads the stage pivots and the routes' own
+    diagnostics, which the parallel route's other elimination order does not provide."""
+    r = _api._route(pipe, method, curvature, jnp.asarray(lam_floor, pipe.dtype))
+    return "riccati" if r == "parallel" else r
 
 
 def factorizer(pipe, params, z0, curvature, route_name):

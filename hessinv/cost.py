@@ -29,7 +29,7 @@ import jax
 
 from . import _pipeline, _stage
 
-ROUTES_AUTO = ("riccati", "dense", "gauss_newton")
+ROUTES_AUTO = ("riccati", "dense", "gauss_newton", "parallel")
 
 
 class Machine(NamedTuple):
@@ -44,6 +44,9 @@ class Machine(NamedTuple):
         that no flop count sees: the stage recursion's memory traffic).
       tangent: seconds per parameter per layer of the dense Hessian's ``n``-wide passes.
       dense_bytes: the most memory the dense and output-space routes may take.
+      parallel_work: the depth-parallel route's work as a multiple of the stage recursion's
+        (``inf``: never chosen). It trades about this much more work for ``O(log L)`` sequential
+        steps instead of ``L``, which pays only where a step is expensive and the work is not.
     """
 
     rate: float
@@ -52,16 +55,25 @@ class Machine(NamedTuple):
     entry: float
     tangent: float
     dense_bytes: float = 2e9
+    parallel_work: float = math.inf
 
 
 #: CPU: fitted on 2 cores (float64) to 16 points of the ``shapes`` benchmark (estimates within
-#: about 2x of the measured times, and much closer where the routes' costs are close). GPU/TPU:
-#: not fitted; the recorded H200 run gives a scan step of about 100 µs (launch-bound), the rate
-#: is the accelerator's order of magnitude. Override with ``hessinv.cost.MACHINES[backend] = ...``.
+#: about 2x of the measured times, and much closer where the routes' costs are close); the
+#: depth-parallel route is never chosen there (it took 2.6-4.3x the stage recursion's time at
+#: every depth measured, ``benchmarks/results/parallel_cpu.json``). GPU/TPU: not fitted; the
+#: recorded H200 run gives a scan step of about 100 µs (launch-bound), the rate is the
+#: accelerator's order of magnitude, and ``parallel_work`` is the CPU's measured time ratio (an
+#: upper bound on the work ratio), so deep narrow networks take the parallel route there.
+#: Override with ``hessinv.cost.MACHINES[backend] = ...``.
 MACHINES = {
     "cpu": Machine(rate=5.0e10, step=4.0e-5, hessian_rate=3.0e9, entry=2.0e-8, tangent=1.0e-6),
-    "gpu": Machine(rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=2e10),
-    "tpu": Machine(rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=8e9),
+    "gpu": Machine(
+        rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=2e10, parallel_work=4.0
+    ),
+    "tpu": Machine(
+        rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=8e9, parallel_work=4.0
+    ),
 }
 
 
@@ -154,6 +166,13 @@ def gauss_newton_flops(pipe: _pipeline.Pipeline) -> float:
     return 3 * _forward(pipe.segments) * min(m, n) + 2 * m * m * n + 4 * m * n + 5 * m**3
 
 
+def parallel_steps(pipe: _pipeline.Pipeline) -> int:
+    """Sequential steps of the depth-parallel route: per segment of ``n`` layers, three
+    associative scans (the stage matrices, and the solve's two passes) of ``2 ⌈log₂ n⌉`` levels
+    each, and the segment's own joining steps."""
+    return sum(6 * math.ceil(math.log2(seg.n + 1)) + 2 for seg in pipe.segments)
+
+
 def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine) -> float:
     """Estimated seconds of one factorisation + solve by ``route`` (``inf`` where it does not
     apply or would not fit).
@@ -161,7 +180,8 @@ def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine
     Args:
       pipe: the pipeline's static shapes, from ``hessinv._pipeline.build(layers, params, z0)``.
       curvature: ``"hessian"`` or ``"ggn"``.
-      route: ``"riccati"``, ``"dense"`` or ``"gauss_newton"``.
+      route: ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"parallel"`` (the stage
+        recursion's cost times ``mach.parallel_work``, with :func:`parallel_steps` steps).
       mach: the constants, e.g. ``MACHINES["cpu"]`` or :func:`machine`.
 
     Examples:
@@ -185,9 +205,12 @@ def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine
     """
     n, m = _pipeline.n_params(pipe), pipe.segments[-1].a_in
     itemsize = jax.numpy.dtype(pipe.dtype).itemsize
-    if route == "riccati":
+    if route in ("riccati", "parallel"):
         state = sum(seg.n * seg.a_out**2 for seg in pipe.segments)
-        return riccati_flops(pipe, curvature) / mach.rate + state * mach.entry + pipe.n_layers * mach.step
+        work = riccati_flops(pipe, curvature) / mach.rate + state * mach.entry
+        if route == "riccati":
+            return work + pipe.n_layers * mach.step
+        return mach.parallel_work * work + parallel_steps(pipe) * mach.step
     if route == "dense":
         return math.inf if dense_bytes(pipe) > mach.dense_bytes else dense_seconds(pipe, curvature, mach)
     if route == "gauss_newton":
@@ -198,9 +221,11 @@ def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine
 
 
 def choose(pipe: _pipeline.Pipeline, curvature: str, *, positive_damping: bool, mach: Machine | None = None) -> str:
-    """The cheapest exact route. ``gauss_newton`` needs ``λ > 0``: pass ``positive_damping=False``
-    when the damping is known to be 0 (a traced damping counts as positive; the route's ``Info``
-    then reports ``λ ≤ 0`` as not ok).
+    """The cheapest exact route. ``gauss_newton`` and ``parallel`` need ``λ > 0`` (the latter
+    inverts every ``K_xx,l + λI``): pass ``positive_damping=False`` when the damping is known to
+    be 0 (a traced damping counts as positive; the route's ``Info`` then reports a failure as
+    not ok). ``parallel`` is considered only where ``mach.parallel_work`` is finite (not on a
+    CPU).
 
     Args:
       pipe: the pipeline's static shapes, from ``hessinv._pipeline.build(layers, params, z0)``.
@@ -209,8 +234,8 @@ def choose(pipe: _pipeline.Pipeline, curvature: str, *, positive_damping: bool, 
       mach: the constants; default :func:`machine` of JAX's default backend.
 
     Returns:
-      ``"riccati"``, ``"dense"`` or ``"gauss_newton"``: what ``method="auto"`` runs
-      (:func:`hessinv.route` asks this for a pipeline).
+      ``"riccati"``, ``"dense"``, ``"gauss_newton"`` or ``"parallel"``: what ``method="auto"``
+      runs (:func:`hessinv.route` asks this for a pipeline).
 
     Examples:
       >>> import jax, jax.numpy as jnp, hessinv
@@ -230,7 +255,11 @@ def choose(pipe: _pipeline.Pipeline, curvature: str, *, positive_damping: bool, 
       'riccati'
       >>> hessinv.cost.choose(pipe, "hessian", positive_damping=True, mach=cpu)
       'riccati'
+      >>> gpu = hessinv.cost.MACHINES["gpu"]  # launch-bound: 512 sequential steps cost more than the scans
+      >>> hessinv.cost.choose(pipe, "hessian", positive_damping=True, mach=gpu)
+      'parallel'
     """
     mach = mach or machine()
-    routes = [r for r in ROUTES_AUTO if r != "gauss_newton" or (curvature == "ggn" and positive_damping)]
+    needs_damping = {"gauss_newton": curvature == "ggn" and positive_damping, "parallel": positive_damping}
+    routes = [r for r in ROUTES_AUTO if needs_damping.get(r, True)]
     return min(routes, key=lambda r: estimate(pipe, curvature, r, mach))

@@ -57,3 +57,40 @@ def test_auto_and_every_route_agree_and_info_names_the_route():
     # auto under jit, with a traced damping
     f = jax.jit(lambda p, lam: hessinv.ihvp(layers, p, z0, g, damping=lam, curvature="ggn"))
     assert rel_err(flat(f(params, lam)), want) < 1e-9
+
+
+def test_an_accelerator_takes_the_parallel_route_for_deep_narrow_networks():
+    """Where a sequential step is expensive (the GPU constants), deep narrow networks take the
+    depth-parallel route, given λ > 0 (it inverts every ``K_xx,l + λI``); shallow ones and every
+    CPU choice do not."""
+    gpu, cpu = cost.MACHINES["gpu"], cost.MACHINES["cpu"]
+    _, deep = choose(4, 4, 256)
+    _, shallow = choose(4, 4, 2)
+    _, wide_batch = choose(256, 4, 2)
+    assert cost.choose(deep, "hessian", positive_damping=True, mach=gpu) == "parallel"
+    assert cost.choose(deep, "hessian", positive_damping=False, mach=gpu) != "parallel"
+    assert cost.choose(shallow, "hessian", positive_damping=True, mach=gpu) != "parallel"
+    assert cost.choose(wide_batch, "hessian", positive_damping=True, mach=gpu) == "dense"
+    for pipe in (deep, shallow, wide_batch):
+        for curvature in ("hessian", "ggn"):
+            assert cost.choose(pipe, curvature, positive_damping=True, mach=cpu) != "parallel"
+    # the estimate's steps: O(log L) per segment, against L for the stage recursion
+    assert cost.parallel_steps(deep) < 100 < deep.n_layers
+
+
+def test_auto_on_an_accelerator_machine_solves_exactly_and_the_optimiser_keeps_the_recursion(monkeypatch):
+    """With the GPU constants in force, ``auto`` runs the parallel route (the answer equal to
+    the stage recursion's), and the optimiser's steps stay on the stage recursion, whose pivots
+    its health check reads."""
+    from hessinv import _optax_step
+
+    layers, params, z0 = regression(4, 4, 128)
+    g, lam = like(params, seed=1), 0.1
+    monkeypatch.setitem(cost.MACHINES, "cpu", cost.MACHINES["gpu"])
+    assert hessinv.route(layers, params, z0, damping=lam) == "parallel"
+    x, info = hessinv.ihvp(layers, params, z0, g, damping=lam, return_info=True)
+    assert info.route_name == "parallel" and bool(info.ok)
+    want = hessinv.ihvp(layers, params, z0, g, damping=lam, method="riccati")
+    assert rel_err(flat(x), np.asarray(flat(want))) < 1e-9
+    pipe = _pipeline.build(layers, params, z0)
+    assert _optax_step.route(pipe, "auto", "hessian", lam) == "riccati"
