@@ -10,16 +10,8 @@
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to the results folder}
 LOG=$OUT/log.txt
-start=$(date +%s)
-left() { echo $(($1 - ($(date +%s) - start))); }
-part() { # part NAME DEADLINE_FROM_START_S CMD...
-  local name=$1 deadline=$2; shift 2
-  local t=$(left "$deadline")
-  if [ "$t" -lt 20 ]; then echo "## $name: skipped (only ${t}s left)" | tee -a "$LOG"; return; fi
-  echo "## $name (limit ${t}s, at $(($(date +%s) - start))s): $*" | tee -a "$LOG"
-  timeout --signal=INT --kill-after=10 "$t" "$@" 2>&1 | tee -a "$LOG"
-  echo "## $name: rc ${PIPESTATUS[0]} at $(($(date +%s) - start))s" | tee -a "$LOG"
-}
+# shellcheck source=benchmarks/gpu_parts.sh
+. "$(dirname "$0")/gpu_parts.sh"
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv 2>/dev/null; nproc;
   python3 -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee -a "$LOG"

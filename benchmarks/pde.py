@@ -354,21 +354,6 @@ def _caps(args, name):
     return dict(max_steps=args.first_order_steps, max_seconds=seconds)
 
 
-def warm_up(step, params, state):
-    """Compile ``step`` for every state signature it meets: ``optax.lbfgs``'s state changes its
-    types after the first update, so its second step would compile again (about 2 s here, inside
-    the timed loop). Chains up to three steps until no new program is compiled; returns the
-    seconds spent (compilation, plus those few steps)."""
-    t0 = time.perf_counter()
-    p, s = params, state
-    for i in range(3):
-        n = step._cache_size()
-        p, s, _ = jax.block_until_ready(step(p, s))
-        if i > 0 and step._cache_size() == n:
-            break
-    return time.perf_counter() - t0
-
-
 def interleaved_cost(compiled, rounds, budget=2.0):
     """Per-step wall-clock of every method, one step each in turn from its initial state, ``rounds``
     rounds (a method stops repeating once it has taken ``budget`` seconds): median and min."""
@@ -395,7 +380,7 @@ def run_seed(args, seed, steps, targets, err_targets, x_test):
         opt, step = steps[key]
         state = opt.init(params)
         if key not in steps["_compile"]:  # once for all seeds (same shapes)
-            steps["_compile"][key] = warm_up(step, params, state)
+            steps["_compile"][key] = common.warm_up(step, params, state)
         initial[key] = (step, params, state)
         load, programs = os.getloadavg(), step._cache_size()
         rec = race(step, params, state, err_fn, targets=targets, **_caps(args, name))

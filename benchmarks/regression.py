@@ -28,20 +28,8 @@ from . import common
 from .shapes import regression
 
 
-def _warm_up(step, p, s, max_calls=5):
-    """Compile every program the race will call: a step's state may change type after its first
-    update (``optax.lbfgs``'s does), and the jitted step then compiles again on the second call,
-    which must not land in the timed loop."""
-    for _ in range(max_calls):
-        n = step._cache_size()
-        p, s, _ = jax.block_until_ready(step(p, s))
-        if step._cache_size() == n:
-            return
-    raise RuntimeError(f"the step still compiles new programs after {max_calls} calls")
-
-
 def _race(step, p, s, target, max_steps, max_seconds):
-    _warm_up(step, p, s)
+    common.warm_up(step, p, s)
     programs = step._cache_size()
     t0 = time.perf_counter()
     for i in range(max_steps):

@@ -81,6 +81,16 @@ def rcond(w):
     return jnp.where(jnp.isnan(top), jnp.nan, rc)
 
 
+def summed_sign_counts(eigs, tol):
+    """``(n_pos, n_neg, n_zero)`` summed over a list of eigenvalue stacks (:func:`sign_counts`
+    of each): the inertia of a block-diagonal matrix, e.g. of the stage pivots."""
+    pos = neg = zero = jnp.zeros((), jnp.int32)
+    for w in eigs:
+        p, n, z = sign_counts(w, tol)
+        pos, neg, zero = pos + p, neg + n, zero + z
+    return pos, neg, zero
+
+
 def sign_counts(w, tol):
     """``(n_pos, n_neg, n_zero)`` (int32) of pivot eigenvalues ``w`` ``(..., p)``: an eigenvalue
     counts as zero when ``|w| ≤ tol · max|w|`` of its own pivot (Sylvester: summed over the

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _hvp, _pipeline, _stage
-from ._diagnostics import Info, make_info, rcond_tol, sign_counts
+from ._diagnostics import Info, make_info, rcond_tol, summed_sign_counts
 from ._diagnostics import rcond as _rcond
 from ._factorization import Factorization
 from ._linalg import lu_solve, pivot_solve, sym
@@ -312,12 +312,7 @@ class RiccatiFactorization(Factorization):
         return rcond_tol(self.pipe)
 
     def _inertia(self):
-        tol = self.rcond_tol()
-        pos = neg = zero = jnp.zeros((), jnp.int32)
-        for w in self.pivot_eigvalsh():
-            p, n, z = sign_counts(w, tol)
-            pos, neg, zero = pos + p, neg + n, zero + z
-        return pos, neg, zero
+        return summed_sign_counts(self.pivot_eigvalsh(), self.rcond_tol())
 
     def _info(self) -> Info:
         ok_AB = [

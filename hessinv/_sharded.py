@@ -69,7 +69,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from . import _hvp, _pipeline, _stage
-from ._diagnostics import Info, _argmin_rcond, route_code, sign_counts
+from ._diagnostics import Info, _argmin_rcond, route_code, sign_counts, summed_sign_counts
 from ._diagnostics import rcond as _rcond
 from ._diagnostics import raise_for as _raise_for_stages
 from ._diagnostics import rcond_tol as _rcond_tol
@@ -444,10 +444,7 @@ class ShardedFactorization(Factorization):
 
     def _inertia(self):
         tol = self.rcond_tol()
-        pos = neg = zero = jnp.zeros((), jnp.int32)
-        for w in self._pivot_eigs():
-            p, n, z = sign_counts(w, tol)
-            pos, neg, zero = pos + p, neg + n, zero + z
+        pos, neg, zero = summed_sign_counts(self._pivot_eigs(), tol)
         for w, sgn in self._boundary_eigs():  # + In(−M_c) − In(−sgn)
             p, n, z = sign_counts(w, tol)
             n_sgn_neg = jnp.sum(sgn < 0, dtype=jnp.int32)

@@ -91,6 +91,13 @@ def _batch(key, B, w, classes, dtype):
     return {"h": jax.random.normal(key, (B, w)).astype(dtype), "y": jnp.arange(B, dtype=jnp.int32) % classes}
 
 
+def bias_layer(z, x):
+    """Linear in its parameters (``K_xx = 0``): at ``λ = 0`` every elimination order that inverts
+    ``K_xx + λI`` (the parallel and sharded routes) meets a singular matrix, the stage recursion
+    does not."""
+    return {"h": jnp.tanh(z["h"]) + x["c"], "y": z["y"]}
+
+
 def mlp(widths=(3, 5, 2, 4), B=8, classes=3, dtype=jnp.float64, seed=0, scale=1.5):
     """Heterogeneous widths; integer labels carried in z0; cross-entropy head."""
     keys = jax.random.split(jax.random.PRNGKey(seed), len(widths) + 1)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import dense_curvature_case, dense_tanh, flat, like, rel_err, stacked
+from helpers import bias_layer, dense_curvature_case, dense_tanh, flat, like, rel_err, stacked
 from jax.flatten_util import ravel_pytree
 
 import hessinv
@@ -165,10 +165,6 @@ def test_sequential_depth_is_logarithmic():
     assert ("scan", 31) in _loops(closed.jaxpr)
     assert sizes[32] - sizes[16] == sizes[16] - sizes[8] > 0
 
-
-def bias_layer(z, x):
-    """Linear in its parameters: ``K_xx = 0``, so at ``λ = 0`` the parallel route's ``K_xx + λI`` is singular."""
-    return {"h": jnp.tanh(z["h"]) + x["c"], "y": z["y"]}
 
 
 def test_singular_element_raises_and_riccati_works():

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import _batch, _dense_params, dense_tanh, flat, like, rel_err, residual, separate_loss, stacked, xent_head
+from helpers import _batch, _dense_params, bias_layer, dense_tanh, flat, like, rel_err, residual, separate_loss, stacked, xent_head
 
 import hessinv
 from hessinv import _pipeline, _sharded
@@ -241,10 +241,6 @@ def test_bad_mesh_and_method():
     with pytest.raises(TypeError, match="jax.sharding.Mesh"):
         hessinv.factorize(layers, params, z0, damping=0.1, method="parallel", mesh=jax.devices())
 
-
-def bias_layer(z, x):
-    """Linear in its parameters: ``K_xx = 0``, so at ``λ = 0`` a chunk's last free-end pivot is singular."""
-    return {"h": jnp.tanh(z["h"]) + x["c"], "y": z["y"]}
 
 
 def test_singular_free_end_pivot_raises_and_riccati_works():
