@@ -134,6 +134,25 @@ def time_compiled(compiled, *args, repeats: int = 5, warmup: int = 1, max_second
     return statistics.median(times), out, times
 
 
+def time_interleaved(calls: dict, rounds: int = 5, budget: float | None = None) -> dict:
+    """Wall times of several compiled programs taken in turn, one call of each per round, so
+    that a change in the machine's load touches them all alike (what a side-by-side comparison
+    needs). ``calls`` maps a name to ``(compiled, args)``; each is called once first, untimed.
+    A program stops repeating once its samples add up to ``budget`` seconds (it keeps at least
+    one). Returns, per name, ``{"time_s": median, "min_s": min, "times_s": samples}``."""
+    for c, args in calls.values():
+        jax.block_until_ready(c(*args))
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, (c, args) in calls.items():
+            if budget is not None and times[k] and sum(times[k]) > budget:
+                continue
+            t0 = time.perf_counter()
+            jax.block_until_ready(c(*args))
+            times[k].append(time.perf_counter() - t0)
+    return {k: {"time_s": statistics.median(v), "min_s": min(v), "times_s": v} for k, v in times.items()}
+
+
 def warm_up(step, params, state):
     """Compile ``step`` for every state signature it meets: ``optax.lbfgs``'s state changes its
     types after the first update, so its second step would compile again (about 2 s here, inside

@@ -357,15 +357,8 @@ def _caps(args, name):
 def interleaved_cost(compiled, rounds, budget=2.0):
     """Per-step wall-clock of every method, one step each in turn from its initial state, ``rounds``
     rounds (a method stops repeating once it has taken ``budget`` seconds): median and min."""
-    times = {k: [] for k in compiled}
-    for _ in range(rounds):
-        for k, (step, p, s) in compiled.items():
-            if sum(times[k]) > budget:
-                continue
-            t = time.perf_counter()
-            jax.block_until_ready(step(p, s))
-            times[k].append(time.perf_counter() - t)
-    return {k: dict(median=float(np.median(v)), min=float(np.min(v))) for k, v in times.items()}
+    t = common.time_interleaved({k: (step, (p, s)) for k, (step, p, s) in compiled.items()}, rounds, budget)
+    return {k: dict(median=float(v["time_s"]), min=float(v["min_s"])) for k, v in t.items()}
 
 
 def run_seed(args, seed, steps, targets, err_targets, x_test):

@@ -6,8 +6,9 @@
 The network is a 1-D-output tanh MLP, ``x (batch × width) → Stack of depth tanh layers →
 linear → MSE against targets``, the targets carried in ``z0``. At each point every exact route
 (``riccati``, ``dense``, ``gauss_newton`` for the GGN) solves ``(C + λI) x = g`` for the same
-``g``, and so does ``method="auto"``; each is jitted, compiled, warmed up and timed (median,
-``block_until_ready``) in this one process, and its answer compared with the dense route's.
+``g``, and so does ``method="auto"``; each is jitted, compiled and warmed up, then all are timed in turn, five
+rounds (median, ``block_until_ready``; a program stops repeating after 1 s), in this one
+process, and each answer is compared with the dense route's.
 Conjugate gradients on the hvp (``jax.scipy.sparse.linalg.cg``, tolerance 1e-8) is timed for
 reference. A route is skipped, and says so, where the cost model estimates more than
 ``--cap`` seconds or the dense matrix would not fit. Writes ``results/shapes_<platform>.json``
@@ -78,7 +79,7 @@ def point(batch, width, depth, curvature, cap):
     rec = {"batch": batch, "width": width, "depth": depth, "curvature": curvature, "n": _pipeline.n_params(pipe)}
     rec["a"] = max(seg.a_out for seg in pipe.segments[:-1])
     rec["auto_choice"] = hessinv.route(layers, params, z0, damping=DAMPING, curvature=curvature)
-    answers, times = {}, {}
+    answers, calls = {}, {}
     for r in ROUTES + ("auto",):
         if r == "gauss_newton" and curvature != "ggn":
             continue
@@ -91,20 +92,18 @@ def point(batch, width, depth, curvature, cap):
         def f(p, z, g, r=r):
             return hessinv.ihvp(layers, p, z, g, damping=DAMPING, curvature=curvature, method=r)
 
-        t, x = common.bench(f, params, z0, g, repeats=3, max_seconds=1.0)
-        times[r], answers[r] = t["time_s"], x
-        rec[f"{r}_s"], rec[f"{r}_compile_s"] = t["time_s"], t["compile_s"]
+        calls[r], rec[f"{r}_compile_s"] = common.compile_fn(f, params, z0, g)
     if curvature == "hessian" and rec.get("riccati_estimate_s", 0) < cap:
-        t, x = common.bench(
-            lambda p, z, g: baselines.jax_cg(layers, p, z, g, DAMPING, maxiter=500),
-            params,
-            z0,
-            g,
-            repeats=3,
-            max_seconds=1.0,
+        calls["cg"], _ = common.compile_fn(
+            lambda p, z, g: baselines.jax_cg(layers, p, z, g, DAMPING, maxiter=500), params, z0, g
         )
-        rec["cg_s"] = t["time_s"]
-        answers["cg"] = x
+    for r, c in calls.items():
+        answers[r] = jax.block_until_ready(c(params, z0, g))
+    # Interleaved, so that auto and the route it picks (the same program) see the same load.
+    timed = common.time_interleaved({r: (c, (params, z0, g)) for r, c in calls.items()}, rounds=5, budget=1.0)
+    times = {r: t["time_s"] for r, t in timed.items()}
+    for r, t in timed.items():
+        rec[f"{r}_s"] = t["time_s"]
     ref = answers.get("dense") or answers.get("riccati")
     if ref is not None:
         den = float(common.tree_norm(ref))

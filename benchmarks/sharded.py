@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 DAMPING = 0.1
 TARGET = 1.5  # the speed-up asked of the 2-device solve at L >= 4096
@@ -79,15 +77,9 @@ def child(n_devices: int, depths, repeats: int) -> dict:
             xs[name] = np.concatenate([np.ravel(a) for a in jax.block_until_ready(fs(blk, g_rows))])
             if name == "sharded":
                 rec["sharded_ok"] = bool(jax.jit(lambda F: F._info().ok)(F))
-        times = {(n, w): [] for n in calls for w in calls[n]}
-        for _ in range(repeats):  # interleaved: every program once per round
-            for (n, w), ts in times.items():
-                c, args = calls[n][w]
-                t0 = time.perf_counter()
-                jax.block_until_ready(c(*args))
-                ts.append(time.perf_counter() - t0)
-        for (n, w), ts in times.items():
-            rec[n][w] = {"time_s": statistics.median(ts), "min_s": min(ts), "times_s": ts}
+        timed = common.time_interleaved({(n, w): calls[n][w] for n in calls for w in calls[n]}, repeats)
+        for (n, w), t in timed.items():
+            rec[n][w] = t
         ref = [k for k in xs if k != "sharded"][0]
         rec["rel_diff"] = float(np.linalg.norm(xs["sharded"] - xs[ref]) / np.linalg.norm(xs[ref]))
         print(

@@ -24,8 +24,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import _flat, _hvp, _pipeline, _riccati
+from . import _flat, _hvp, _pipeline, _riccati, _stage
 from ._errors import PipelineError
 
 
@@ -85,10 +86,7 @@ def _layer_of_parts(seg: _pipeline.Segment, zin, row, dt):
     return F, z_parts + x_parts
 
 
-def jacobian(seg: _pipeline.Segment, zin, rows, dt):
-    """``M_l = [A_l B_l]`` ``(n, a_out, a_in + p)`` of every layer of a segment (or of a chunk
-    of it), vmapped over the rows."""
-
+def _dense_jacobian(seg: _pipeline.Segment, zin, rows, dt):
     def jac(zin, row):
         F, ps = _layer_of_parts(seg, zin, row, dt)
         if not ps:
@@ -100,15 +98,7 @@ def jacobian(seg: _pipeline.Segment, zin, rows, dt):
     return jax.vmap(jac)(zin, rows)
 
 
-def jacobians(seg: _pipeline.Segment, zin, rows, dt):
-    """``(A, B)`` of every layer of a segment, vmapped over the rows."""
-    M = jacobian(seg, zin, rows, dt)
-    return M[:, :, : seg.a_in], M[:, :, seg.a_in :]
-
-
-def second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
-    """``K_l = ∇²_u (b_l · f_l)(u)`` at ``u = (z_{l-1}, x_l)`` for every row, vmapped."""
-
+def _dense_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
     def hess(zin, row, b):
         F, ps = _layer_of_parts(seg, zin, row, dt)
         if not ps:
@@ -120,6 +110,125 @@ def second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
         return jnp.block([[H[i][j] for j in idx] for i in idx])
 
     return jax.vmap(hess)(zin, rows, b)
+
+
+# -- per-example layers: the blocks from w tangents instead of a -----------------------------------
+#
+# A layer that acts on each example separately has A_l = ∂f/∂z, and K_l's z-z part, block-diagonal
+# over the batch (see _stage). Then one tangent per input coordinate *of an example*, repeated
+# in every example (w "coloured" tangents instead of a = batch × w), yields every diagonal block
+# at once. Whether the layer is per-example is decided by the numbers, never by a guess: for each
+# bit k of the example index and each value v of it, a random tangent on the examples whose bit
+# k is v must give exactly zero on all the others. Any two examples differ in some bit, so a
+# coupling between them would show (a random tangent cannot cancel it but by an exact floating
+# coincidence). Where any probe fails, the segment's blocks are formed densely (lax.cond: one
+# branch runs).
+
+
+def _tangents(seg: _pipeline.Segment, dt):
+    """The z tangents ``(w_in + 2k, a_in)``: ``w_in`` coloured ones, then ``2k`` support probes
+    (``k = ⌈log₂ e⌉``), and the probes' example masks ``(2k, e)``."""
+    e, _, wi = _stage.batch_blocks(seg)
+    k = max(1, (e - 1).bit_length())
+    bits = (np.arange(e)[None, :] >> np.arange(k)[:, None]) & 1
+    masks = np.concatenate([bits, 1 - bits]).astype(bool)
+    r = np.random.default_rng(0).standard_normal((e, wi))
+    probes = np.where(masks[:, :, None], r, 0.0).reshape(2 * k, e * wi)
+    coloured = np.tile(np.eye(wi), (1, e))
+    return jnp.asarray(np.concatenate([coloured, probes]), dt), masks
+
+
+def _split_coloured(seg, out, masks):
+    """From the z-outputs ``(w_in + 2k, e · w_out)`` of :func:`_tangents`: the diagonal blocks
+    ``(e, w_out, w_in)`` and whether every probe vanished exactly outside its examples."""
+    e, _, wi = _stage.batch_blocks(seg)
+    wo = out.shape[1] // e
+    blocks = out[:wi].reshape(wi, e, wo).transpose(1, 2, 0)
+    probes = out[wi:].reshape(-1, e, wo)
+    ok = jnp.all(jnp.where(masks[:, :, None], 0, probes) == 0)
+    return blocks, ok
+
+
+def _assemble(blocks):
+    """The dense block-diagonal ``(e · w_out, e · w_in)`` matrix of ``blocks`` ``(e, w_out, w_in)``."""
+    e, wo, wi = blocks.shape
+    eye = np.eye(e, dtype=bool)[:, None, :, None]
+    return jnp.where(eye, blocks[:, :, None, :], 0).reshape(e * wo, e * wi)
+
+
+def _per_example_jacobian(seg: _pipeline.Segment, zin, rows, dt):
+    """``(M, ok)``: ``M_l`` as in :func:`jacobian`, its ``A_l`` from the coloured tangents, and
+    whether the probes proved every ``A_l`` of the rows block-diagonal."""
+    T, masks = _tangents(seg, dt)
+
+    def jac(zin, row):
+        F, (z, *xs) = _layer_of_parts(seg, zin, row, dt)
+        out = jax.vmap(lambda t: jax.jvp(lambda z: F(z, *xs), (z,), (t,))[1])(T)
+        blocks, ok = _split_coloured(seg, out, masks)
+        parts = [_assemble(blocks)]
+        if xs:
+            mode = jax.jacrev if seg.a_out < seg.p else jax.jacfwd
+            parts += mode(lambda *xs: F(z, *xs), argnums=tuple(range(len(xs))))(*xs)
+        return jnp.concatenate(parts, axis=1), ok
+
+    M, ok = jax.vmap(jac)(zin, rows)
+    return M, jnp.all(ok)
+
+
+def _per_example_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
+    """``(K, ok)``: ``K_l`` as in :func:`second_derivatives`, its z-z part from the coloured
+    tangents (forward over reverse), its x columns from one tangent per parameter."""
+    T, masks = _tangents(seg, dt)
+    a_in, p = seg.a_in, seg.p
+
+    def hess(zin, row, b):
+        F, ps = _layer_of_parts(seg, zin, row, dt)
+        idx = tuple(range(len(ps)))
+        g = jax.grad(lambda *ps: b @ F(*ps), argnums=idx)
+        zeros = tuple(jnp.zeros_like(x) for x in ps)
+
+        def hvp_z(t):
+            return jax.jvp(g, ps, (t,) + zeros[1:])[1][0]
+
+        blocks, ok = _split_coloured(seg, jax.vmap(hvp_z)(T), masks)
+        K_zz = _assemble(blocks)
+        if p == 0:
+            return K_zz, ok
+        sizes = np.cumsum([x.size for x in ps[1:]])[:-1]
+
+        def hvp_x(t):
+            return jnp.concatenate(jax.jvp(g, ps, (zeros[0],) + tuple(jnp.split(t, sizes)))[1])
+
+        cols = jax.vmap(hvp_x)(jnp.eye(p, dtype=dt))  # (p, a_in + p): rows [K_xz K_xx]
+        K_xz, K_xx = cols[:, :a_in], cols[:, a_in:]
+        return jnp.block([[K_zz, K_xz.T], [K_xz, K_xx]]), ok
+
+    K, ok = jax.vmap(hess)(zin, rows, b)
+    return K, jnp.all(ok)
+
+
+def jacobian(seg: _pipeline.Segment, zin, rows, dt):
+    """``M_l = [A_l B_l]`` ``(n, a_out, a_in + p)`` of every layer of a segment (or of a chunk
+    of it), vmapped over the rows; for a per-example layer from ``w_in`` tangents, not ``a_in``."""
+    if _stage.batch_blocks(seg) is None:
+        return _dense_jacobian(seg, zin, rows, dt)
+    M, ok = _per_example_jacobian(seg, zin, rows, dt)
+    return jax.lax.cond(ok, lambda: M, lambda: _dense_jacobian(seg, zin, rows, dt))
+
+
+def jacobians(seg: _pipeline.Segment, zin, rows, dt):
+    """``(A, B)`` of every layer of a segment, vmapped over the rows."""
+    M = jacobian(seg, zin, rows, dt)
+    return M[:, :, : seg.a_in], M[:, :, seg.a_in :]
+
+
+def second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
+    """``K_l = ∇²_u (b_l · f_l)(u)`` at ``u = (z_{l-1}, x_l)`` for every row, vmapped; for a
+    per-example layer from ``w_in + p`` tangents, not ``a_in + p``."""
+    if _stage.batch_blocks(seg) is None:
+        return _dense_second_derivatives(seg, zin, rows, b, dt)
+    K, ok = _per_example_second_derivatives(seg, zin, rows, b, dt)
+    return jax.lax.cond(ok, lambda: K, lambda: _dense_second_derivatives(seg, zin, rows, b, dt))
 
 
 def check_curvature(pipe: _pipeline.Pipeline, curvature: str) -> None:

@@ -101,15 +101,22 @@ def riccati_flops(pipe: _pipeline.Pipeline, curvature: str) -> float:
     """The stage recursion (MATH.md section 3), per layer: the blocks ``M_l = [A_l B_l]`` by
     ``min(a_out, a_in + p)`` forward/backward passes, ``K_l`` by ``a_in + p`` reverse-over-reverse
     passes (Hessian only), the stage products ``Mᵀ S M`` (with a batch-block-diagonal ``A_l``:
-    ``O(a² (w + p))``), the pivot LU ``⅔ p³ + 2 p² a_in`` and the ``S`` update ``2 a_in² p``."""
+    ``O(a² (w + p))``), the pivot LU ``⅔ p³ + 2 p² a_in`` and the ``S`` update ``2 a_in² p``.
+    A per-example layer's ``A_l`` and ``K_l``'s z-z part take ``w_in + 2⌈log₂ e⌉`` passes
+    instead of ``a_in`` (coloured tangents and the support probes, see ``hessinv._blocks``)."""
     total = 0.0
     for j, seg in enumerate(pipe.segments):
         a_in, a_out, p = seg.a_in, seg.a_out, seg.p
         m, f = a_in + p, forward_flops(seg)
-        blocks = 3 * f * min(a_out, m)
-        if curvature == "hessian" or j == len(pipe.segments) - 1:
-            blocks += 6 * f * m
         bb = _stage.batch_blocks(seg)
+        if bb is None:
+            z_passes, jac_passes = a_in, min(a_out, m)
+        else:
+            z_passes = bb[2] + 2 * max(1, (bb[0] - 1).bit_length())
+            jac_passes = z_passes + min(a_out, p)
+        blocks = 3 * f * jac_passes
+        if curvature == "hessian" or j == len(pipe.segments) - 1:
+            blocks += 6 * f * (z_passes + p)
         if bb is not None:  # A_l applied block by block
             _, wo, wi = bb
             stage = 2 * a_out * a_in * (wo + wi) + 2 * a_out * a_out * p + 2 * a_in * wo * p + 2 * p * p * a_out

@@ -14,13 +14,20 @@ import hessinv
 # These tests are about the stage recursion: pin it (method="auto" may pick another route).
 ihvp = functools.partial(hessinv.ihvp, method="riccati")
 factorize = functools.partial(hessinv.factorize, method="riccati")
-from hessinv import _pipeline, _stage
+from hessinv import _blocks, _pipeline, _stage
 
 
 def batch_mix(z, x):
     """Same shapes as ``residual``, but every example sees the batch mean: A_l is dense."""
     h = z["h"] + jnp.sin(z["h"] @ x["W"] + x["c"])
     return {"h": h - 0.3 * jnp.mean(h, axis=0), "y": z["y"]}
+
+
+def pair_mix(z, x):
+    """Per example but for one pair: example 5 also sees example 12, through a product (so the
+    coupling is in A_l and in K_l's z-z part), and only there."""
+    h = z["h"] + jnp.sin(z["h"] @ x["W"] + x["c"])
+    return {"h": h.at[5].add(0.3 * h[5] * h[12]), "y": z["y"]}
 
 
 def _case(block):
@@ -38,6 +45,11 @@ def per_example():
 @pytest.fixture(scope="module")
 def mixing():
     return _case(batch_mix)
+
+
+@pytest.fixture(scope="module")
+def pair_mixing():
+    return _case(pair_mix)
 
 
 def _flags(layers, params, z0):
@@ -66,7 +78,48 @@ def test_small_activations_stay_dense():
     assert all(_stage.batch_blocks(seg) is None for seg in _pipeline.build(layers, params, z0).segments)
 
 
-@pytest.mark.parametrize("case", ["per_example", "mixing"])
+# batch_mix couples examples linearly (a batch mean): A_l is dense, K_l's z-z part is not.
+@pytest.mark.parametrize("block, A_ok, K_ok", [(residual, True, True), (batch_mix, False, True), (pair_mix, False, False)])
+def test_coloured_blocks_equal_dense_and_probes_refuse_coupling(block, A_ok, K_ok):
+    """A per-example A_l or K_l from w coloured tangents equals the dense one; where a layer
+    couples examples (all of them, or one pair), the support probes refuse it."""
+    layers, params, z0 = stacked(depth=3, w=4, B=32, block=block)
+    pipe = _pipeline.build(layers, params, z0)
+    rows = _pipeline.rows(pipe, params)
+    _, inputs = _pipeline.forward(pipe, rows, z0)
+    seg, zin, r = pipe.segments[1], inputs[1], rows[1]
+    b = jax.random.normal(jax.random.PRNGKey(4), (seg.n, seg.a_out))
+    M, ok_M = _blocks._per_example_jacobian(seg, zin, r, jnp.float64)
+    K, ok_K = _blocks._per_example_second_derivatives(seg, zin, r, b, jnp.float64)
+    M_dense = _blocks._dense_jacobian(seg, zin, r, jnp.float64)
+    K_dense = _blocks._dense_second_derivatives(seg, zin, r, b, jnp.float64)
+    assert (bool(ok_M), bool(ok_K)) == (A_ok, K_ok)
+    if A_ok:
+        np.testing.assert_allclose(M, M_dense, rtol=0, atol=1e-14 * float(jnp.abs(M_dense).max()))
+    if K_ok:
+        np.testing.assert_allclose(K, K_dense, rtol=0, atol=1e-13 * float(jnp.abs(K_dense).max()))
+    # Either way, what the stage reads is the coloured answer where proved, else the dense one
+    # (to rounding: compiled and eager evaluation may differ in the last bit).
+    for got, want in (
+        (_blocks.jacobian(seg, zin, r, jnp.float64), M if A_ok else M_dense),
+        (_blocks.second_derivatives(seg, zin, r, b, jnp.float64), K if K_ok else K_dense),
+    ):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14 * float(jnp.abs(want).max()))
+
+
+def test_per_example_float32_matches_dense():
+    layers, params, z0 = stacked(depth=4, w=4, B=32, dtype=jnp.float32)
+    params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    z64 = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, z0)
+    A = np.asarray(ref_hessian(layers, params64, z64)) + 0.2 * np.eye(flat(params).size)
+    assert np.linalg.cond(A) < 1e3
+    g = like(params, seed=3)
+    x = ihvp(layers, params, z0, g, damping=0.2)
+    assert flat(x).dtype == np.float32
+    assert rel_err(flat(x), np.linalg.solve(A, flat(g).astype(np.float64))) < 2e-4
+
+
+@pytest.mark.parametrize("case", ["per_example", "mixing", "pair_mixing"])
 @pytest.mark.parametrize("damping", [0.02, 0.2])
 def test_ihvp_factorize_logdet_inertia_match_dense(case, damping, request):
     layers, params, z0, H = request.getfixturevalue(case)
