@@ -195,55 +195,21 @@ class RiccatiFactorization(Factorization):
 
     def _backward(self, g_rows):
         """The backward pass: ``k_l = Q_uu^{-1}(B_lᵀ s_l − g_l)`` per segment (``T^{-T} g``, scaled)."""
-        pipe, dt = self.pipe, self.pipe.dtype
-        segs = pipe.segments
+        segs, dt = self.pipe.segments, self.pipe.dtype
         ks = [None] * len(segs)
         s = jnp.zeros((1,), dt)  # s_L = 0
         for j in range(len(segs) - 1, -1, -1):
-            blk, st, g = self.blocks.segments[j], self.stages[j], g_rows[j].astype(dt)
-            if _stage.is_large(segs[j]):
-
-                def back(s, xs):
-                    A, blocks, is_block, B, G, g = xs
-                    Ats = _stage.matvec(A, blocks, is_block, s, transpose=True)
-                    return Ats - G.T @ (B.T @ s - g), s
-
-                xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, g)
-                s, s_l = _pipeline.scan(back, s, xs, segs[j].n, reverse=True)
-            else:
-                Gtg = jnp.einsum("npa,np->na", st.G, g)
-                s, s_l = _pipeline.scan(
-                    lambda s, xs: (xs[0].T @ s + xs[1], s), s, (st.A_cl, Gtg), segs[j].n, reverse=True
-                )
-            if segs[j].p == 0:
-                ks[j] = jnp.zeros((segs[j].n, 0), dt)
-            else:
-                q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
-                ks[j] = jax.vmap(lu_solve)(st.lu, st.perm, q_u)
+            s, ks[j], _ = backward_pass(segs[j], self.blocks.segments[j], self.stages[j], g_rows[j].astype(dt), s)
         return ks
 
     def _forward(self, ks):
         """The forward pass ``dx_l = −(G_l dz_{l-1} + k_l)``, ``dz_l = A_l dz_{l-1} + B_l dx_l``
         from ``dz_0 = 0``: ``x = T^{-1}(−k)`` for the unit block-triangular ``T``."""
-        dt = self.pipe.dtype
         out = []
-        dz = jnp.zeros((0,), dt)  # dz_0 = 0
-        for j, seg in enumerate(self.pipe.segments):
-            blk, st = self.blocks.segments[j], self.stages[j]
-            if _stage.is_large(seg):
-
-                def fwd(dz, xs):
-                    A, blocks, is_block, B, G, k = xs
-                    dx = -(G @ dz + k)
-                    return _stage.matvec(A, blocks, is_block, dz) + B @ dx, dx
-
-                xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, ks[j])
-                dz, dx = _pipeline.scan(fwd, dz, xs, seg.n)
-                out.append(dx)
-                continue
-            Bk = jnp.einsum("nap,np->na", blk.B, ks[j])
-            dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (st.A_cl, Bk), seg.n)
-            out.append(-(jnp.einsum("npa,na->np", st.G, dz_in) + ks[j]))
+        dz = jnp.zeros((0,), self.pipe.dtype)  # dz_0 = 0
+        for seg, blk, st, k in zip(self.pipe.segments, self.blocks.segments, self.stages, ks):
+            dz, dx = forward_pass(seg, blk, st, k, dz)
+            out.append(dx)
         return out
 
     # -- selected inversion and sampling (MATH.md section 3) ------------------------------------
@@ -323,3 +289,48 @@ class RiccatiFactorization(Factorization):
         for st in self.stages:
             finite &= jnp.all(jnp.isfinite(st.Q_uu)) & jnp.all(jnp.isfinite(st.G))
         return make_info(self.pipe, ok_AB, finite, [st.Q_uu for st in self.stages])
+
+
+# -- the passes of a solve over one segment, or one run of its layers ------------------------------
+
+
+def backward_pass(seg, blk, st: StageFactors, g, s, Z=None, solve_pivots=None):
+    """``q_u = B_lᵀ s_l − g_l``, ``k_l = Q_uu^{-1} q_u`` and ``s_{l-1} = A_lᵀ s_l − G_lᵀ q_u``
+    backward from ``s`` after the run's last layer, and with ``Z`` (``(n, p, a)``, the sharded
+    route's boundary couplings) also ``w = −Σ_l Z_lᵀ q_u``: returns ``(s before it, k, w)``. Only
+    ``s`` is in the loop. ``solve_pivots(lu, perm, q)`` solves every layer's pivot system
+    (default: LAPACK's, vmapped)."""
+    dt = blk.A.dtype
+    if _stage.is_large(seg):  # A_l and B_l separately (no closed-loop map kept)
+
+        def back(s, xs):
+            A, blocks, is_block, B, G, g = xs
+            return _stage.matvec(A, blocks, is_block, s, transpose=True) - G.T @ (B.T @ s - g), s
+
+        xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, g)
+        s, s_l = _pipeline.scan(back, s, xs, seg.n, reverse=True)
+    else:  # with the closed-loop map: s_{l-1} = (A_l − B_l G_l)ᵀ s_l + G_lᵀ g_l
+        Gtg = jnp.einsum("npa,np->na", st.G, g)
+        s, s_l = _pipeline.scan(lambda s, xs: (xs[0].T @ s + xs[1], s), s, (st.A_cl, Gtg), seg.n, reverse=True)
+    if seg.p == 0:
+        return s, jnp.zeros((seg.n, 0), dt), None if Z is None else jnp.zeros(Z.shape[2:], dt)
+    q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
+    k = (solve_pivots or jax.vmap(lu_solve))(st.lu, st.perm, q_u)
+    w = None if Z is None else -jnp.einsum("lpa,lp->a", Z, q_u)
+    return s, k, w
+
+
+def forward_pass(seg, blk, st: StageFactors, k, dz):
+    """``dx_l = −(G_l dz_{l-1} + k_l)``, ``dz_l = A_l dz_{l-1} + B_l dx_l`` forward from ``dz``
+    before the run's first layer: returns ``(dz after it, dx)``."""
+    if _stage.is_large(seg):
+
+        def fwd(dz, xs):
+            A, blocks, is_block, B, G, k = xs
+            dx = -(G @ dz + k)
+            return _stage.matvec(A, blocks, is_block, dz) + B @ dx, dx
+
+        return _pipeline.scan(fwd, dz, (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, k), seg.n)
+    Bk = jnp.einsum("nap,np->na", blk.B, k)
+    dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (st.A_cl, Bk), seg.n)
+    return dz, -(jnp.einsum("npa,na->np", st.G, dz_in) + k)

@@ -77,7 +77,7 @@ from ._errors import SingularPivotError
 from ._factorization import Factorization
 from ._linalg import pivot_solve, sym
 from ._parallel import apply_one
-from ._riccati import StageFactors, _factor_segment, schur_update
+from ._riccati import StageFactors, _factor_segment, backward_pass, forward_pass, schur_update
 
 
 def check_mesh(mesh) -> Mesh:
@@ -251,41 +251,8 @@ def factorize_blocks(blocks, damping=0.0, *, mesh: Mesh, unroll: int = 1) -> Sha
 
 
 def _backward(seg, blk, st: StageFactors, g, s, Z=None):
-    """``q_u = B_lᵀ s_l − g_l``, ``k_l = Q_uu^{-1} q_u`` and ``s_{l-1} = A_lᵀ s_l − G_lᵀ q_u``
-    backward from ``s`` after the run's last layer, and with ``Z`` (a chunk) also
-    ``w = −Σ_l Z_lᵀ q_u``: returns ``(s before it, k, w)``. Only ``s`` is in the loop."""
-    dt = blk.A.dtype
-    if _stage.is_large(seg):
-
-        def back(s, xs):
-            A, blocks, is_block, B, G, g = xs
-            return _stage.matvec(A, blocks, is_block, s, transpose=True) - G.T @ (B.T @ s - g), s
-
-        xs = (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, g)
-        s, s_l = _pipeline.scan(back, s, xs, seg.n, reverse=True)
-    else:  # with the closed-loop map: s_{l-1} = (A_l − B_l G_l)ᵀ s_l + G_lᵀ g_l
-        Gtg = jnp.einsum("npa,np->na", st.G, g)
-        s, s_l = _pipeline.scan(lambda s, xs: (xs[0].T @ s + xs[1], s), s, (st.A_cl, Gtg), seg.n, reverse=True)
-    q_u = jnp.einsum("nap,na->np", blk.B, s_l) - g
-    k = _lu_solve_layers(st.lu, st.perm, q_u) if seg.p else jnp.zeros((seg.n, 0), dt)
-    w = None if Z is None else -jnp.einsum("lpa,lp->a", Z, q_u)
-    return s, k, w
-
-
-def _forward(seg, blk, st: StageFactors, k, dz):
-    """``dx_l = −(G_l dz_{l-1} + k_l)``, ``dz_l = A_l dz_{l-1} + B_l dx_l`` forward from ``dz``
-    before the run's first layer: returns ``(dz after it, dx)``."""
-    if _stage.is_large(seg):
-
-        def fwd(dz, xs):
-            A, blocks, is_block, B, G, k = xs
-            dx = -(G @ dz + k)
-            return _stage.matvec(A, blocks, is_block, dz) + B @ dx, dx
-
-        return _pipeline.scan(fwd, dz, (blk.A, st.A_blocks, st.A_is_block, blk.B, st.G, k), seg.n)
-    Bk = jnp.einsum("nap,np->na", blk.B, k)
-    dz, dz_in = _pipeline.scan(lambda dz, xs: (xs[0] @ dz - xs[1], dz), dz, (st.A_cl, Bk), seg.n)
-    return dz, -(jnp.einsum("npa,na->np", st.G, dz_in) + k)
+    """:func:`hessinv._riccati.backward_pass` with the pivots solved without LAPACK."""
+    return backward_pass(seg, blk, st, g, s, Z, solve_pivots=_lu_solve_layers)
 
 
 def _chunk_backward(seg):
@@ -302,7 +269,7 @@ def _chunk_forward(seg):
     """One chunk's controls with its terminal costate ``μ_c``, forward from its ``dz_{s-1}``."""
 
     def local(blk, st, Z, k0, dz_start, mu):
-        return _forward(seg, blk, st, k0 + jnp.einsum("lpa,a->lp", Z, mu[0]), dz_start[0])[1]
+        return forward_pass(seg, blk, st, k0 + jnp.einsum("lpa,a->lp", Z, mu[0]), dz_start[0])[1]
 
     return local
 
@@ -379,7 +346,7 @@ class ShardedFactorization(Factorization):
         out, dz = [], jnp.zeros((0,), dt)  # dz_0 = 0
         for seg, blk, part, k in zip(pipe.segments, self.blocks.segments, self.parts, ks):
             if not isinstance(part, Chunks):
-                dz, dx = _forward(seg, blk, part, k, dz)
+                dz, dx = forward_pass(seg, blk, part, k, dz)
                 out.append(dx)
                 continue
             r, _, seg_c = _layout(seg, P)
@@ -387,7 +354,7 @@ class ShardedFactorization(Factorization):
             k_h, k0, s_end, w = k
             dxs = []
             if r:
-                dz, dx = _forward(seg._replace(n=r), blk_h, part.head, k_h, dz)
+                dz, dx = forward_pass(seg._replace(n=r), blk_h, part.head, k_h, dz)
                 dxs.append(dx)
             dz_start, mu = [], []
             for c in range(P):
