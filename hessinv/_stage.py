@@ -12,6 +12,10 @@ pooling across examples, attention over the batch all keep the shapes). So the s
 is used only where the numbers prove it exact: ``A_l``'s off-diagonal blocks are all exactly zero.
 Each stage checks that (batched, before the sequential recursion) and takes the dense product
 otherwise (``lax.cond``: only one branch runs). The answer never depends on the guess.
+
+The blocks themselves are formed the same way (:mod:`hessinv._blocks`): for a candidate layer,
+``A_l`` and the z-z part of ``K_l`` come from ``w_in`` tangents repeated in every example
+instead of ``a_in`` one-hot ones, behind probes that prove the layer per-example at this point.
 """
 
 from __future__ import annotations

@@ -38,11 +38,13 @@ class Machine(NamedTuple):
     Attributes:
       rate: flop/s of the dense linear algebra (factorisations, matrix products).
       step: seconds per sequential step (one ``lax.scan`` iteration over a layer).
-      hessian_rate: flop/s of forming a dense Hessian by ``n`` vmapped forward-over-reverse
-        passes (much below ``rate`` on a CPU: many small products through a scan).
+      hessian_rate: flop/s of the ``n`` vmapped forward-over-reverse passes that form a dense
+        Hessian (on the CPU they run at about ``rate``).
       entry: seconds per entry of the ``a × a`` stage state per stage (the passes over ``S_l``
         that no flop count sees: the stage recursion's memory traffic).
-      tangent: seconds per parameter per layer of the dense Hessian's ``n``-wide passes.
+      tangent: seconds per entry of those passes' tangents: ``n`` tangents of every activation,
+        ``n Σ_l a_l`` numbers, which the vmapped passes write and read (memory traffic that no
+        flop count sees; it dominates the dense Hessian at large batches).
       dense_bytes: the most memory the dense and output-space routes may take.
       parallel_work: the depth-parallel route's work as a multiple of the stage recursion's
         (``inf``: never chosen). It trades about this much more work for ``O(log L)`` sequential
@@ -58,8 +60,10 @@ class Machine(NamedTuple):
     parallel_work: float = math.inf
 
 
-#: CPU: fitted on 2 cores (float64) to 16 points of the ``shapes`` benchmark (estimates within
-#: about 2x of the measured times, and much closer where the routes' costs are close); the
+#: CPU: fitted on 2 cores (float64) to the ``shapes`` benchmark's measured route times (least
+#: squares on log time; fitting on depths 4 and 64 alone gives the same constants to 10 % and the
+#: same choices at every point of the grid); estimates are within 0.6-1.8x of the measured times
+#: at 80 % of the points, 0.13-3.5x at worst, and closest where the routes' costs are close; the
 #: depth-parallel route is never chosen there (it took 2.6-4.3x the stage recursion's time at
 #: every depth measured, ``benchmarks/results/parallel_cpu.json``). GPU/TPU: not fitted; the
 #: recorded H200 run gives a scan step of about 100 µs (launch-bound), the rate is the
@@ -67,12 +71,12 @@ class Machine(NamedTuple):
 #: upper bound on the work ratio), so deep narrow networks take the parallel route there.
 #: Override with ``hessinv.cost.MACHINES[backend] = ...``.
 MACHINES = {
-    "cpu": Machine(rate=5.0e10, step=4.0e-5, hessian_rate=3.0e9, entry=2.0e-8, tangent=1.0e-6),
+    "cpu": Machine(rate=2.3e10, step=5.1e-5, hessian_rate=2.3e10, entry=1.0e-8, tangent=1.7e-8),
     "gpu": Machine(
-        rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=2e10, parallel_work=4.0
+        rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-11, dense_bytes=2e10, parallel_work=4.0
     ),
     "tpu": Machine(
-        rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-9, dense_bytes=8e9, parallel_work=4.0
+        rate=2.0e12, step=1.0e-4, hessian_rate=1.0e11, entry=1.0e-11, tangent=1.0e-11, dense_bytes=8e9, parallel_work=4.0
     ),
 }
 
@@ -131,7 +135,8 @@ def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> fl
     """The dense route, factorise once and solve once:
 
     * Hessian: ``n`` forward-over-reverse hvps (``jacfwd(grad)``), each about four forward
-      passes, at ``hessian_rate``, plus ``tangent`` per parameter and layer; it is indefinite
+      passes, at ``hessian_rate``, plus ``tangent`` per entry of their ``n Σ_l a_l`` activation
+      tangents; it is indefinite
       away from a minimum, so it is charged the failing Cholesky and the LU fallback,
       ``n³/3 + 2n³/3``;
     * GGN: ``J`` by ``min(n, m)`` passes of the body (``m`` the network outputs), ``Hℓ`` by ``m``
@@ -148,7 +153,8 @@ def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> fl
             + 2 * m * n * n
         )
         return (form + n**3 / 3 + 2 * n * n) / mach.rate + 10 * mach.step
-    form = 4 * n * _forward(pipe.segments) / mach.hessian_rate + n * pipe.n_layers * mach.tangent
+    activations = sum(seg.n * seg.a_out for seg in pipe.segments)
+    form = 4 * n * _forward(pipe.segments) / mach.hessian_rate + n * activations * mach.tangent
     return form + (n**3 + 2 * n * n) / mach.rate
 
 
@@ -168,9 +174,11 @@ def _forward(segments) -> float:
 
 def gauss_newton_flops(pipe: _pipeline.Pipeline) -> float:
     """Gauss-Newton in the output space: ``J`` by ``min(m, n)`` passes, ``Z Zᵀ`` (``2 m² n``)
-    and the ``m × m`` factorisations (``≈ 5 m³`` with the eigendecomposition of ``Hℓ``)."""
+    and the ``m × m`` factorisations, charged ``9 m³``: chiefly the eigendecomposition of ``Hℓ``
+    with its vectors, which runs well below the rate of products (the coefficient is the
+    ``shapes`` benchmark's fit)."""
     n, m = _pipeline.n_params(pipe), pipe.segments[-1].a_in
-    return 3 * _forward(pipe.segments) * min(m, n) + 2 * m * m * n + 4 * m * n + 5 * m**3
+    return 3 * _forward(pipe.segments) * min(m, n) + 2 * m * m * n + 4 * m * n + 9 * m**3
 
 
 def parallel_steps(pipe: _pipeline.Pipeline) -> int:
