@@ -295,7 +295,10 @@ def _entry_points(layers, params, z0):
         "F.inverse_diagonal": lambda: F.inverse_diagonal(),
         "F.sample": lambda: F.sample(jax.random.key(0), 2),
         "ihvp": lambda: ihvp(layers, params, z0, g, damping=1e4),
-        "eigenvalue_counts": lambda: hessinv.eigenvalue_counts(layers, params, z0, [-np.inf, 0.0, np.inf]),
+        # Pinned, like factorize and ihvp here: auto may take the dense route at n = 8 and not at 64.
+        "eigenvalue_counts": lambda: hessinv.eigenvalue_counts(
+            layers, params, z0, [-np.inf, 0.0, np.inf], method="riccati"
+        ),
     }
 
 
