@@ -243,3 +243,20 @@ def dense_curvature_case(name, curvature="hessian"):
     layers, params = separate_loss(layers, params)
     C = np.asarray(jax.jit(lambda p: ref_ggn(layers, p, z0))(params))
     return layers, params, z0, C
+
+
+def jaxpr_loops(jaxpr) -> list:
+    """``(primitive name, length)`` of every scan and while loop in a jaxpr, nested ones (inside
+    ``shard_map``, ``cond``, ...) included; a while loop's length is ``None``."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append(("scan", eqn.params["length"]))
+        elif eqn.primitive.name == "while":
+            out.append(("while", None))
+        for p in eqn.params.values():
+            for j in p if isinstance(p, (tuple, list)) else [p]:
+                inner = getattr(j, "jaxpr", j)
+                if hasattr(inner, "eqns"):
+                    out.extend(jaxpr_loops(inner))
+    return out

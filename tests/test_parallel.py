@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import bias_layer, dense_curvature_case, dense_tanh, flat, like, rel_err, stacked
+from helpers import bias_layer, dense_curvature_case, dense_tanh, flat, jaxpr_loops, like, rel_err, stacked
 from jax.flatten_util import ravel_pytree
 
 import hessinv
@@ -131,22 +131,6 @@ def test_grad_through_ihvp_wrt_g():
     assert hessinv.route(layers, params, z0, damping=0.05) != "parallel"  # "auto" never takes it
 
 
-def _loops(jaxpr):
-    """``(primitive name, length)`` of every scan and while loop in a jaxpr, nested ones included."""
-    out = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            out.append(("scan", eqn.params["length"]))
-        elif eqn.primitive.name == "while":
-            out.append(("while", None))
-        for p in eqn.params.values():
-            for j in p if isinstance(p, (tuple, list)) else [p]:
-                inner = getattr(j, "jaxpr", j)
-                if hasattr(inner, "eqns"):
-                    out.extend(_loops(inner))
-    return out
-
-
 def test_sequential_depth_is_logarithmic():
     """The factorisation and the solve of a Stack of depth L contain no loop over the layers:
     no ``scan``/``while`` at all, and the program grows by a constant per doubling of L (the
@@ -158,11 +142,11 @@ def test_sequential_depth_is_logarithmic():
         rows = _pipeline.to_rows(pipe, params)
         blk = jax.eval_shape(lambda r: _blocks.compute(pipe, r, z0), rows)  # shapes only: nothing compiles
         closed = jax.make_jaxpr(lambda b, g: _parallel.factorize_blocks.__wrapped__(b, 0.1).solve_rows(g))(blk, rows)
-        assert _loops(closed.jaxpr) == []
+        assert jaxpr_loops(closed.jaxpr) == []
         sizes[depth] = len(closed.jaxpr.eqns)
     # the sequential route, for contrast, loops over the Stack
     closed = jax.make_jaxpr(lambda b: _riccati.factorize_blocks(b, 0.1))(blk)
-    assert ("scan", 31) in _loops(closed.jaxpr)
+    assert ("scan", 31) in jaxpr_loops(closed.jaxpr)
     assert sizes[32] - sizes[16] == sizes[16] - sizes[8] > 0
 
 

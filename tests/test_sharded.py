@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import _batch, _dense_params, bias_layer, dense_tanh, flat, like, rel_err, residual, separate_loss, stacked, xent_head
+from helpers import _batch, _dense_params, bias_layer, dense_tanh, flat, jaxpr_loops, like, rel_err, residual, separate_loss, stacked, xent_head
 
 import hessinv
 from hessinv import _pipeline, _sharded
@@ -116,18 +116,7 @@ def check_against_dense(name, curvature, damping, n_devices, *, public=True) -> 
 def _loop_lengths(jaxpr) -> list:
     """The length of every ``scan`` in a jaxpr, nested ones (inside ``shard_map``) included, and
     ``-1`` for every ``while``."""
-    out = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            out.append(eqn.params["length"])
-        elif eqn.primitive.name == "while":
-            out.append(-1)
-        for p in eqn.params.values():
-            for j in p if isinstance(p, (tuple, list)) else [p]:
-                inner = getattr(j, "jaxpr", j)
-                if hasattr(inner, "eqns"):
-                    out.extend(_loop_lengths(inner))
-    return out
+    return [-1 if n == "while" else length for n, length in jaxpr_loops(jaxpr)]
 
 
 def sequential_steps(n_layers: int, n_devices: int) -> dict:
