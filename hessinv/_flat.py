@@ -10,6 +10,14 @@ floating leaves that every layer so far has passed through unchanged (regression
 inputs riding in ``z0``). A carried floating leaf depends on the batch alone, never on the
 parameters, so treating it as a constant is exact, and it keeps it out of ``a_l``: the stage
 state is ``a_l × a_l``.
+
+The order of the flat vector is ours to choose, since no answer is ever given in activation
+coordinates (the solves return parameter-shaped vectors). Leaves are concatenated one after the
+other, except in an activation whose several active leaves share a leading batch axis (a jet
+``(u, u_x, u_xx)`` per point, features next to a per-example scale): that one is laid out
+*example-major*, every leaf's part of example 0, then of example 1, ... . Then a layer that acts
+on each example separately has a block-diagonal ``A_l``, as with one leaf, and the stage
+exploits it (:mod:`hessinv._stage`).
 """
 
 from __future__ import annotations
@@ -29,11 +37,25 @@ class Spec(NamedTuple):
     shapes: tuple
     dtypes: tuple
     carried: tuple  # per leaf: a floating leaf passed through unchanged from z0
+    activation: bool = False  # an activation (may be laid out example-major), not parameters
 
     @property
     def is_active(self) -> tuple:
         """Per leaf: an activation (floating and not carried), the leaves we differentiate."""
         return tuple(jnp.issubdtype(d, jnp.inexact) and not c for d, c in zip(self.dtypes, self.carried))
+
+    @property
+    def example_major(self) -> int:
+        """The number of examples ``e`` if the flat vector is laid out example-major (an
+        activation with at least two active leaves, all with the same leading length ``e ≥ 2``,
+        one of them at least 2-D), else 0: leaf after leaf."""
+        act = [s for s, f in zip(self.shapes, self.is_active) if f]
+        if not self.activation or len(act) < 2 or any(len(s) == 0 for s in act):
+            return 0
+        e = act[0][0]
+        if e < 2 or any(s[0] != e for s in act) or all(len(s) < 2 for s in act):
+            return 0
+        return e
 
     @property
     def size(self) -> int:
@@ -46,13 +68,14 @@ class Spec(NamedTuple):
         return str(jax.tree.unflatten(self.treedef, leaves)).replace("'", "")
 
 
-def spec_of(tree, carried=None) -> Spec:
-    """The :class:`Spec` of ``tree``; ``carried`` (per leaf) marks carried floating leaves."""
+def spec_of(tree, carried=None, activation: bool = False) -> Spec:
+    """The :class:`Spec` of ``tree``; ``carried`` (per leaf) marks carried floating leaves;
+    ``activation`` marks a layer's input or output (see :attr:`Spec.example_major`)."""
     leaves, treedef = jax.tree.flatten(tree)
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
     dtypes = tuple(jnp.result_type(x) for x in leaves)
     carried = (False,) * len(leaves) if carried is None else tuple(bool(c) for c in carried)
-    return Spec(treedef, shapes, dtypes, carried)
+    return Spec(treedef, shapes, dtypes, carried, activation)
 
 
 def float_dtype(*specs: Spec):
@@ -66,6 +89,9 @@ def float_dtype(*specs: Spec):
 def ravel(spec: Spec, tree, dtype) -> jax.Array:
     """The active leaves of `tree`, raveled and concatenated into one vector of `dtype`."""
     leaves = jax.tree.leaves(tree)
+    if e := spec.example_major:
+        cols = [jnp.reshape(x, (e, -1)).astype(dtype) for x, f in zip(leaves, spec.is_active) if f]
+        return jnp.concatenate(cols, axis=1).reshape(-1)
     parts = [jnp.ravel(x).astype(dtype) for x, f in zip(leaves, spec.is_active) if f]
     return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
 
@@ -79,11 +105,16 @@ def unravel(spec: Spec, vec: jax.Array, consts: tuple = ()) -> Any:
     """Inverse of :func:`ravel` (with :func:`constants`): rebuild the pytree, casting each
     active leaf back to its own dtype."""
     leaves, pos, it = [], 0, iter(consts)
+    e = spec.example_major
+    rows = jnp.reshape(vec, (e, -1)) if e else None
     for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_active):
         if is_f:
             n = int(np.prod(shape))
-            leaves.append(jnp.reshape(vec[pos : pos + n], shape).astype(dtype))
-            pos += n
+            if e:  # this leaf's columns of the (e, Σ w) example-major matrix
+                part, pos = rows[:, pos : pos + n // e], pos + n // e
+            else:
+                part, pos = vec[pos : pos + n], pos + n
+            leaves.append(jnp.reshape(part, shape).astype(dtype))
         else:
             leaves.append(next(it))
     return jax.tree.unflatten(spec.treedef, leaves)
@@ -93,12 +124,17 @@ def parts(spec: Spec, tree, dtype) -> tuple:
     """The active leaves of `tree`, each raveled to a vector of `dtype`: :func:`ravel` before
     the concatenation. Differentiating with respect to these separately, and concatenating the
     derivative blocks afterwards, keeps the slicing of one long vector out of the derivative
-    code (measured ~25% faster for second derivatives of small layers)."""
+    code (measured ~25% faster for second derivatives of small layers). An example-major
+    activation is one part: its leaves' entries interleave."""
+    if spec.example_major:
+        return (ravel(spec, tree, dtype),)
     return tuple(jnp.ravel(x).astype(dtype) for x, f in zip(jax.tree.leaves(tree), spec.is_active) if f)
 
 
 def unravel_parts(spec: Spec, vecs, consts: tuple = ()) -> Any:
     """Inverse of :func:`parts` (with :func:`constants`)."""
+    if spec.example_major:
+        return unravel(spec, vecs[0], consts)
     leaves, it, iv = [], iter(consts), iter(vecs)
     for shape, dtype, is_f in zip(spec.shapes, spec.dtypes, spec.is_active):
         leaves.append(jnp.reshape(next(iv), shape).astype(dtype) if is_f else next(it))

@@ -140,7 +140,7 @@ def _eval_layer(fn, in_spec, param_spec, where: str) -> _flat.Spec:
         ) from e
     n_in = in_spec.treedef.num_leaves
     carried_in = [v for v, c in zip(closed.jaxpr.invars[:n_in], in_spec.carried) if c]
-    return _flat.spec_of(out, [any(o is v for v in carried_in) for o in closed.jaxpr.outvars])
+    return _flat.spec_of(out, [any(o is v for v in carried_in) for o in closed.jaxpr.outvars], activation=True)
 
 
 def _check_floating(x, xs: _flat.Spec, e: int) -> None:
@@ -208,7 +208,9 @@ def build(layers: Sequence, params: Sequence, z0: Any) -> Pipeline:
     entries, entry_specs, units = [], [], []
     k, checked = 0, None
     # z0 is data: every floating leaf of it is carried until a layer computes from it.
-    z_spec = _flat.spec_of(z0, [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in jax.tree.leaves(z0)])
+    z_spec = _flat.spec_of(
+        z0, [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in jax.tree.leaves(z0)], activation=True
+    )
     act_specs = [z_spec]
     for e, (layer, x) in enumerate(zip(layers, params)):
         is_stack = isinstance(layer, Stack)
