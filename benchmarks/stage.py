@@ -2,6 +2,7 @@
 
     python -m benchmarks.stage                   # a = 512 and 1024 (batch 64 and 128, width 8)
     python -m benchmarks.stage --batch 32 64 128 256 --width 8
+    python -m benchmarks.stage --network jet     # activations of two leaves: a = batch × 2 width
 
 A stage's time is measured by difference: the jitted stage-recursion ``ihvp`` (``method=
 "riccati"``, Hessian and Gauss-Newton) of the ``shapes`` regression network at two depths,
@@ -11,6 +12,11 @@ matmuls on arrays of the same shapes (``S B``, ``Bᵀ S B``, ``Aᵀ S A`` and ``
 batch-block-diagonal ``A``, the ``S`` update ``½ (Q_uzᵀ G + Gᵀ Q_uz)`` and the pivot LU): the
 rate the machine reaches on this work. Reported: both times, their ratio, and GFLOP/s of the
 products' flops in each. Writes ``results/stage_<platform>.json``.
+
+``--network jet`` times a network whose activations are two leaves with a common batch axis, the
+value ``u`` and the input derivative ``u_x`` of every hidden unit (Sobolev training: the loss fits
+values and slopes), so ``a = batch × 2 width`` and an example's block of ``A`` is ``2w × 2w``;
+written to ``results/stage_jet_<platform>.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,39 @@ from . import common
 from .shapes import regression
 
 DAMPING = 1e-3
+
+
+def _jet_first(z, x):
+    t = jnp.tanh(z["x"] @ x["W"] + x["c"])
+    return {"u": t, "ux": (1 - t * t) * x["W"][0], "y": z["y"]}
+
+
+def _jet_hidden(z, x):
+    t = jnp.tanh(z["u"] @ x["W"] + x["c"])
+    return {"u": t, "ux": (1 - t * t) * (z["ux"] @ x["W"]), "y": z["y"]}
+
+
+def _jet_out(z, x):
+    return {"u": z["u"] @ x["W"][:, 0] + x["c"][0], "ux": z["ux"] @ x["W"][:, 0], "y": z["y"]}
+
+
+def _sobolev(z, x):
+    """Values and slopes of ``sin(3 x₀)``, halved mean squares."""
+    return 0.5 * jnp.mean((z["u"] - jnp.sin(3 * z["y"])) ** 2 + (z["ux"] - 3 * jnp.cos(3 * z["y"])) ** 2)
+
+
+def jet_regression(batch: int, width: int, depth: int):
+    """The ``shapes`` regression network (1 input here) carrying the jet ``(u, u_x)``, with the
+    inputs ``x₀`` riding in ``z0`` as the target's argument."""
+    layers, params, z0 = regression(batch, width, depth, inputs=1)
+    return (
+        [_jet_first, hessinv.Stack(_jet_hidden, depth), _jet_out, _sobolev],
+        params,
+        {"x": z0["x"], "y": z0["x"][:, 0]},
+    )
+
+
+NETWORKS = {"mlp": (regression, 1), "jet": (jet_regression, 2)}  # the network, leaves per example
 
 
 def product_flops(a: int, w: int, p: int) -> float:
@@ -56,10 +95,10 @@ def products(a: int, w: int, p: int, dtype=jnp.float64):
     return stage, (S, B, blocks)
 
 
-def stage_time(batch: int, width: int, curvature: str, depths=(8, 24)):
+def stage_time(batch: int, width: int, curvature: str, depths=(8, 24), network="mlp"):
     times = []
     for d in depths:
-        layers, params, z0 = regression(batch, width, d)
+        layers, params, z0 = NETWORKS[network][0](batch, width, d)
         g = jax.tree.map(jnp.ones_like, params)
 
         def f(p, z, g):
@@ -70,17 +109,19 @@ def stage_time(batch: int, width: int, curvature: str, depths=(8, 24)):
     return (times[1] - times[0]) / (depths[1] - depths[0]), times
 
 
-def run(batches=(64, 128), widths=(8,), write=True):
+def run(batches=(64, 128), widths=(8,), write=True, network="mlp"):
     rows = []
+    leaves = NETWORKS[network][1]
     for b in batches:
         for w in widths:
-            a, p = b * w, w * w + w
-            fn, args = products(a, w, p)
+            a, p = b * w * leaves, w * w + w
+            fn, args = products(a, w * leaves, p)
             t_prod, _ = common.bench(fn, *args, repeats=10)
-            fl = product_flops(a, w, p)
+            fl = product_flops(a, w * leaves, p)
             for curv in ("hessian", "ggn"):
-                t_stage, raw = stage_time(b, w, curv)
+                t_stage, raw = stage_time(b, w, curv, network=network)
                 row = {
+                    "network": network,
                     "batch": b,
                     "width": w,
                     "a": a,
@@ -102,7 +143,7 @@ def run(batches=(64, 128), widths=(8,), write=True):
                 )
     out = {"meta": common.machine() | {"damping": DAMPING, "timing": "min of 5 (stage), 10 (products)"}, "rows": rows}
     if write:
-        common.write_json(out, "stage")
+        common.write_json(out, "stage" if network == "mlp" else f"stage_{network}")
     return out
 
 
@@ -110,10 +151,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=(64, 128))
     ap.add_argument("--width", type=int, nargs="+", default=(8,))
+    ap.add_argument("--network", choices=sorted(NETWORKS), default="mlp")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    run(tuple(a.batch), tuple(a.width), write=not a.no_write)
+    run(tuple(a.batch), tuple(a.width), write=not a.no_write, network=a.network)
 
 
 if __name__ == "__main__":
