@@ -32,10 +32,11 @@ update is exactly zero. The damping ``λ`` then adapts:
   off the stage pivots: ``C + λI = Tᵀ blockdiag(Q_uu,l) T`` with ``T`` unit block-triangular,
   so by Sylvester's law of inertia it holds iff every pivot has a Cholesky factor.
 * ``damping="trust_region"`` (Moré & Sorensen 1983): ``λ ≥ min_damping`` is chosen so that
-  ``C + λI ≻ 0`` (every pivot has a Cholesky factor) and ``‖d‖ ≤ radius``, with
-  ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded Newton
-  iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous step's
-  ``λ`` (one factorisation of the same blocks per iterate). The radius shrinks on ``ρ < 0.25``
+  ``C + λI ≻ 0`` (every pivot, or the dense matrix, has a Cholesky factor) and ``‖d‖ ≤ radius``,
+  with ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded
+  Newton iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous
+  step's ``λ``, on the step's route: each iterate refactorises only the λ-dependent part (the
+  stage recursion on the same blocks, or a Cholesky of the same dense ``C + λI``). The radius shrinks on ``ρ < 0.25``
   or rejection and grows on ``ρ > 0.75`` at the boundary.
 * a float: a fixed ``λ`` (``0.0`` is the plain Newton step), still safeguarded.
 
@@ -260,21 +261,44 @@ def _damped_trial(m, lam, rejections, route, probe, *, accept_ratio, inertia):
     return _optax_damping.lm_probe(attempt, t, lam, rejections, **probe)
 
 
-def _trust_region_trial(m, radius, lam_ref, tr, *, accept_ratio, inertia):
-    """``(trial, factorisations, found)``: the trust-region search for ``λ`` on the model's kept
-    blocks (``tr``: the keyword arguments of :func:`~hessinv._optax_damping.trust_region_damping`),
-    then the verdict on its step."""
+def _trust_region_trial(m, radius, lam_ref, tr, route, *, accept_ratio, inertia):
+    """``(trial, factorisations, found)``: the trust-region search for ``λ`` (``tr``: the keyword
+    arguments of :func:`~hessinv._optax_damping.trust_region_damping`) on ``route``, every
+    damping from one λ-independent part (the model's kept blocks on the stage recursion, ``C``
+    or the output-space ``Z`` otherwise), then the verdict on its step. The search keeps what the
+    step's health needs: the stage pivots (their eigenvalues only once, with ``inertia``), or
+    the route's own :class:`~hessinv._optax_health.Health`."""
+    if route == "riccati":
+
+        def factor_at(lam):
+            return _blocks.Blocks.factorize(m.blocks, lam)
+
+        dt = m.pipe.dtype
+        keep, kept0 = _optax_health.pivots, [jnp.zeros((s.n, s.p, s.p), dt) for s in m.pipe.segments if s.p > 0]
+
+        def finish(pivots):
+            return _optax_health.pivots_health(pivots, _diagnostics.rcond_tol(m.pipe), inertia)
+
+    else:
+        factor_at = _optax_step.factorizer(m.pipe, m.params, m.z0, m.curvature, route)
+
+        def keep(F):
+            return _optax_health.health(F, inertia)
+
+        z = jnp.zeros((), jnp.int32)
+        kept0 = _optax_health.Health(z == 1, z, jnp.zeros((), m.pipe.dtype), z == 1)
+
+        def finish(health):
+            return health
 
     def solve(lam):
-        F = _blocks.Blocks.factorize(m.blocks, lam)
+        F = factor_at(lam)
         return F, F.solve_rows(m.g)
 
-    shapes = [(seg.n, seg.p, seg.p) for seg in m.pipe.segments if seg.p > 0]
-    lam, d, pivots, iters, found = _optax_damping.trust_region_damping(
-        solve, m.g, radius, lam_ref, pivot_shapes=shapes, **tr
+    lam, d, kept, iters, found = _optax_damping.trust_region_damping(
+        solve, m.g, radius, lam_ref, keep=keep, kept0=kept0, **tr
     )
-    health = _optax_health.pivots_health(pivots, _diagnostics.rcond_tol(m.pipe), inertia)
-    return _optax_step.judge(m, lam, d, health, found, accept_ratio), iters, found
+    return _optax_step.judge(m, lam, d, finish(kept), found, accept_ratio), iters, found
 
 
 # -- scale_by_newton --------------------------------------------------------------------------
@@ -321,8 +345,10 @@ def scale_by_newton(
       curvature: ``"hessian"`` or ``"ggn"``.
       method: the exact route of each solve, as in :func:`hessinv.ihvp`: ``"auto"`` (the
         cheapest for the shapes), ``"riccati"``, ``"dense"`` or ``"gauss_newton"``. With
-        ``damping="trust_region"`` (many dampings per step from one set of blocks) the stage
-        recursion is always used.
+        ``damping="trust_region"`` every damping of a step's search reuses the route's
+        λ-independent part (the blocks, ``C``, or the output-space ``Z``). The output space
+        needs ``λ > 0``: ``"auto"`` takes it only with ``min_damping > 0`` (the default there
+        is 0), and forced, it never accepts ``λ = 0``.
       damping: ``"lm"`` (Levenberg-Marquardt), ``"trust_region"``, or a fixed float ``λ ≥ 0``.
       init_damping: the first ``λ`` (``"lm"``), or the first guess of the search (``"trust_region"``).
       min_damping: the lower bound on ``λ``; defaults to ``1e-9`` for ``"lm"`` and ``0`` for
@@ -382,11 +408,14 @@ def scale_by_newton(
         del extra_args  # optax convention: unknown extra arguments are ignored
         pipe, g = _optax_step.prepare(layers, updates, params, z0, "scale_by_newton")
         dt, sdt = pipe.dtype, state.damping.dtype
-        if mode == "trust_region":  # many dampings per step: the λ-independent blocks are kept
-            blk = _blocks.compute(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature)
+        if mode == "trust_region":  # many dampings per step from one λ-independent part
+            route = _optax_step.route(pipe, method, curvature, lam_floor)
+            blk = None
+            if route == "riccati":  # the blocks, kept: they also give a structured C d
+                blk = _blocks.compute(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature)
             m = _optax_step.model(layers, pipe, params, z0, g, curvature, blk)
             radius = state.radius.astype(dt)
-            t, iters, found = _trust_region_trial(m, radius, state.damping.astype(dt), tr, **judging)
+            t, iters, found = _trust_region_trial(m, radius, state.damping.astype(dt), tr, route, **judging)
             radius_next = _optax_damping.trust_region_radius(t, radius, found, rtol=tr_rtol, max_radius=max_radius)
             lam_next = jnp.clip(t.damping, min_damping, max_damping)
         else:

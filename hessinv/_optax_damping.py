@@ -74,17 +74,16 @@ def trust_region_radius(t, radius, found, *, rtol, max_radius):
     return jnp.where(bad, shrunk, jnp.where(good, grown, radius))
 
 
-def _tr_evaluate(solve, lam, radius):
-    """The step at ``lam`` and what the search needs of it: ``(d, ‖d‖, C + λI ≻ 0, pivots,
+def _tr_evaluate(solve, lam, radius, keep):
+    """The step at ``lam`` and what the search needs of it: ``(d, ‖d‖, C + λI ≻ 0, keep(F),
     Newton iterate)``, the iterate ``λ + (‖d‖² / dᵀ(C + λI)^{-1} d) (‖d‖ − Δ)/Δ`` (NaN where
     ``C + λI`` is not positive definite)."""
     F, d = solve(lam)
-    pivots = _optax_health.pivots(F)
     nrm = jnp.sqrt(dot(d, d))
-    pd = _optax_health.cholesky_health(pivots)[0] & all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
+    pd = _optax_health.health(F, False).positive_definite & all_finite(d) & jnp.isfinite(nrm) & (nrm > 0)
     dwd = dot(d, F.solve_rows(d))  # dᵀ(C + λI)^{-1} d = φ'(λ) ‖d‖³
     newton = lam + (nrm**2 / jnp.where(dwd > 0, dwd, 1)) * (nrm - radius) / radius
-    return d, nrm, pd, pivots, jnp.where(pd & (dwd > 0), newton, jnp.nan)
+    return d, nrm, pd, keep(F), jnp.where(pd & (dwd > 0), newton, jnp.nan)
 
 
 def _tr_next(newton, lo, hi, lam_min, lam_guess, tried_min):
@@ -99,17 +98,19 @@ def _tr_next(newton, lo, hi, lam_min, lam_guess, tried_min):
     return jnp.where(below, lam_min, jnp.where(inside, newton, bisect))
 
 
-def trust_region_damping(solve, g, radius, lam_ref, *, min_damping, rtol, max_iters, lam_scale, pivot_shapes):
+def trust_region_damping(solve, g, radius, lam_ref, *, min_damping, rtol, max_iters, lam_scale, keep, kept0):
     """Find ``λ ≥ min_damping`` with ``C + λI ≻ 0`` and ``(1 − rtol) Δ ≤ ‖d(λ)‖ ≤ Δ``
     (or ``‖d(min_damping)‖ ≤ Δ``), by a safeguarded Newton iteration on ``φ(λ) = 1/Δ − 1/‖d(λ)‖``
     (Moré & Sorensen 1983), kept inside the bracket of infeasible / feasible dampings.
 
-    ``solve(λ)`` returns ``(F, d)``: a stage-recursion factorisation of ``C + λI`` and the step
-    ``d = F.solve_rows(g)``; positive definiteness is read off its pivots (a ``λ`` is only
-    accepted then). The search warm-starts at the previous step's ``λ`` (``lam_ref``), from
-    where it usually takes 2-3 factorisations, else at ``lam_scale``.
+    ``solve(λ)`` returns ``(F, d)``: a factorisation of ``C + λI`` on any route and the step
+    ``d = F.solve_rows(g)``; a ``λ`` is only accepted where ``F`` says ``C + λI ≻ 0`` (the stage
+    pivots' Cholesky factors, the dense Cholesky, the signs of ``Hℓ``). ``keep(F)`` is what the
+    caller needs of the chosen factorisation (``kept0``: zeros of its shapes). The search
+    warm-starts at the previous step's ``λ`` (``lam_ref``), from where it usually takes 2-3
+    factorisations, else at ``lam_scale``.
 
-    Returns ``(λ, d, pivots, iterations, found)``; ``found`` is False when no feasible ``λ`` was
+    Returns ``(λ, d, keep(F), iterations, found)``; ``found`` is False when no feasible ``λ`` was
     met within ``max_iters`` factorisations (the step is then rejected).
     """
     dt = radius.dtype
@@ -119,7 +120,7 @@ def trust_region_damping(solve, g, radius, lam_ref, *, min_damping, rtol, max_it
 
     def body(c):
         it, lam, lo, hi, best, _, tried_min = c
-        d, nrm, pd, pivots, newton = _tr_evaluate(solve, lam, radius)
+        d, nrm, pd, kept, newton = _tr_evaluate(solve, lam, radius, keep)
         feasible = pd & (nrm <= radius)
         done = feasible & ((nrm >= (1 - rtol) * radius) | (lam <= lam_min))
         tried_min = tried_min | (lam <= lam_min)
@@ -127,12 +128,12 @@ def trust_region_damping(solve, g, radius, lam_ref, *, min_damping, rtol, max_it
         hi = jnp.where(feasible, jnp.minimum(hi, lam), hi)
         # Keep the feasible iterate with the longest step (the one nearest the boundary).
         take = feasible & (nrm > best[2])
-        best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, pivots), best)
+        best = jax.tree.map(lambda new, old: jnp.where(take, new, old), (lam, d, nrm, kept), best)
         nxt = _tr_next(newton, lo, hi, lam_min, lam_guess, tried_min)
         return it + 1, nxt, lo, hi, best, done, tried_min
 
     inf = jnp.asarray(jnp.inf, dt)
-    best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, [jnp.zeros(s, dt) for s in pivot_shapes])
+    best0 = (lam_min, [jnp.zeros_like(r) for r in g], -inf, kept0)
     c0 = (jnp.zeros((), jnp.int32), lam_ref, lam_min, inf, best0, jnp.array(False), jnp.array(False))
-    iters, _, _, _, (lam, d, nrm, pivots), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
-    return lam, d, pivots, iters, nrm >= 0
+    iters, _, _, _, (lam, d, nrm, kept), _, _ = jax.lax.while_loop(lambda c: (c[0] < max_iters) & ~c[5], body, c0)
+    return lam, d, kept, iters, nrm >= 0

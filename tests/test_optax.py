@@ -472,13 +472,17 @@ def test_inertia_diagnostics_match_dense_eigenvalues(lam):
 TR_KW = dict(damping="trust_region")
 
 
+@pytest.mark.parametrize("method", ["riccati", "dense"])
 @pytest.mark.parametrize("radius", [1e-3, 0.05, 0.5])
-def test_trust_region_step_is_within_the_radius(radius):
+def test_trust_region_step_is_within_the_radius(radius, method):
+    """On either route that takes an indefinite Hessian: the search runs on that route's
+    factorisations (the stage recursion on kept blocks, or Cholesky of the dense matrix)."""
     layers, params, z0 = indefinite_problem()
-    state = _init(layers, params, **TR_KW)
+    kw = dict(TR_KW, method=method)
+    state = _init(layers, params, **kw)
     state = (_ns(state)._replace(radius=jnp.asarray(radius)),) + state[1:]
     g = _grad(layers, params, z0)
-    _, updates, state = _step(layers, params, state, z0, **TR_KW)
+    _, updates, state = _step(layers, params, state, z0, **kw)
     info = _ns(state).info
     d = -_flat(updates)
     assert float(info.step_norm) <= radius * (1 + 1e-12)
@@ -494,6 +498,32 @@ def test_trust_region_step_is_within_the_radius(radius):
         np.testing.assert_allclose(d, np.linalg.solve(H + lam * np.eye(H.shape[0]), _flat(g)), rtol=1e-8)
     else:
         assert np.all(d == 0)
+
+
+@pytest.mark.parametrize("method", ["riccati", "dense", "gauss_newton"])
+def test_gauss_newton_trust_region_on_every_route(method):
+    """The same trust-region step on every route (the output space needs ``λ > 0``: a floor):
+    on the boundary, exactly ``(G + λI)^{-1} g`` at the ``λ`` found, and the same ``λ``."""
+    layers, params, z0 = tanh_net(0)
+    G = np.asarray(_dense_ggn(params, z0))
+    kw = dict(TR_KW, curvature="ggn", method=method, min_damping=1e-6)
+    g = _grad(layers, params, z0)
+    d_newton = np.linalg.solve(G + 1e-6 * np.eye(len(G)), _flat(g))
+    radius = 0.3 * np.linalg.norm(d_newton)
+    state = _init(layers, params, **kw)
+    state = (_ns(state)._replace(radius=jnp.asarray(radius)),) + state[1:]
+    _, updates, state = _step(layers, params, state, z0, **kw)
+    info = _ns(state).info
+    lam = float(info.damping)
+    assert bool(info.positive_definite) and lam > 1e-6
+    assert 0.9 * radius <= float(info.step_norm) <= radius * (1 + 1e-12)
+    d = -_flat(updates) if bool(info.accepted) else None
+    if d is not None:
+        np.testing.assert_allclose(d, np.linalg.solve(G + lam * np.eye(len(G)), _flat(g)), rtol=1e-8)
+    kw_ref = dict(kw, method="dense")
+    state_ref = (_ns(_init(layers, params, **kw_ref))._replace(radius=jnp.asarray(radius)),) + state[1:]
+    _, _, state_ref = _step(layers, params, state_ref, z0, **kw_ref)
+    assert abs(float(_ns(state_ref).info.damping) - lam) <= 1e-8 * lam
 
 
 def test_trust_region_iterations_respect_the_radius_and_descend():
