@@ -23,9 +23,9 @@ one jitted call (compiled once, timed separately, excluded), ``block_until_ready
 
 * ``gauss_newton``: ``hessinv.optax.gauss_newton(layers)``, the default LM damping rule;
 * ``newton``: ``hessinv.optax.newton(layers)`` (exact Hessian, LM);
-* ``gauss_newton_tr``: ``hessinv.optax.gauss_newton(layers, damping="trust_region")``, which
-  always works on the stage recursion (10-20 s a step at these activation sizes), so only on
-  ``--tr-seeds`` (default: seed 0) for ``--tr-steps`` (default 2) steps;
+* ``gauss_newton_tr``: ``hessinv.optax.gauss_newton(layers, damping="trust_region")`` (its
+  search on auto's route: the dense Gauss-Newton matrix here, since its default ``λ`` floor
+  of 0 rules out the output space);
 * ``lbfgs_10``, ``lbfgs_50``: ``optax.lbfgs(memory_size=m)``, its default zoom line search;
 * ``adam``: ``optax.adam(lr)`` over ``--adam-lrs``; ``sgd_momentum``: ``optax.sgd(lr, 0.9)``
   over ``--sgd-lrs`` (per seed and per target, the best rate of the grid).
@@ -342,8 +342,6 @@ def _methods(args):
 
 
 def _caps(args, name):
-    if name == "gauss_newton_tr":
-        return dict(max_steps=args.tr_steps, max_seconds=args.tr_seconds)
     if name == "newton":
         return dict(max_steps=args.second_order_steps, max_seconds=args.newton_seconds)
     if name in HESSINV:
@@ -368,8 +366,6 @@ def run_seed(args, seed, steps, targets, err_targets, x_test):
     print(f"seed {seed}: initial loss {loss0:.4g}, error {float(err_fn(params)):.4g}", flush=True)
     out, initial = {}, {}
     for key, name, lr in _methods(args):
-        if name == "gauss_newton_tr" and seed not in args.tr_seeds:
-            continue
         opt, step = steps[key]
         state = opt.init(params)
         if key not in steps["_compile"]:  # once for all seeds (same shapes)
@@ -640,9 +636,6 @@ def main(argv=None):
     ap.add_argument("--second-order-steps", type=int, default=300)
     ap.add_argument("--second-order-seconds", type=float, default=10.0)
     ap.add_argument("--newton-seconds", type=float, default=20.0, help="Newton's time cap (about 0.2 s a step)")
-    ap.add_argument("--tr-seeds", type=int, nargs="*", default=[0], help="seeds the trust region runs on")
-    ap.add_argument("--tr-steps", type=int, default=2, help="the trust region's step cap (10-20 s a step here)")
-    ap.add_argument("--tr-seconds", type=float, default=60.0)
     ap.add_argument("--lbfgs-steps", type=int, default=50000)
     ap.add_argument("--lbfgs-seconds", type=float, default=15.0)
     ap.add_argument("--first-order-steps", type=int, default=100000)
