@@ -36,8 +36,8 @@ update is exactly zero. The damping ``λ`` then adapts:
   with ``‖d‖ ≈ radius`` unless the plain step is already inside. The search is a safeguarded
   Newton iteration on ``1/Δ − 1/‖d(λ)‖`` in a ``lax.while_loop``, warm-started at the previous
   step's ``λ``, on the step's route: each iterate refactorises only the λ-dependent part (the
-  stage recursion on the same blocks, or a Cholesky of the same dense ``C + λI``). The radius shrinks on ``ρ < 0.25``
-  or rejection and grows on ``ρ > 0.75`` at the boundary.
+  stage recursion on the same blocks, or a Cholesky of the same dense ``C + λI``). The radius
+  shrinks on ``ρ < 0.25`` or rejection and grows on ``ρ > 0.75`` at the boundary.
 * a float: a fixed ``λ`` (``0.0`` is the plain Newton step), still safeguarded.
 
 The pieces live in small modules, each a set of pure, jit-able functions: the solve and the
