@@ -8,7 +8,8 @@ loss ``½ mean (f(x) − sin 3x₀)²``, 601 parameters, float64. Both optimiser
 documented optax loops, each step one jitted call, from the same initialisation, every program compiled before the timing
 (``optax.lbfgs``'s state changes type after its first update, so its step compiles twice):
 ``hessinv.optax.gauss_newton(layers, method=...)`` (Levenberg-Marquardt, default settings) with
-the route ``auto`` picks and with the stage recursion forced, and ``optax.lbfgs`` (memory 10
+the route ``auto`` picks and with the stage recursion forced, the same with
+``damping="trust_region"`` (default settings, ``auto``'s route), and ``optax.lbfgs`` (memory 10
 and 50, its default zoom line search). Reported: steps and wall-clock seconds (compilation
 excluded) to the target loss, or the loss reached within the step cap. Writes
 ``results/regression_<platform>.json``.
@@ -44,8 +45,8 @@ def _race(step, p, s, target, max_steps, max_seconds):
     return out
 
 
-def gauss_newton(layers, params, z0, method, target, max_steps=300, max_seconds=60.0):
-    opt = hessinv.optax.gauss_newton(layers, method=method)
+def gauss_newton(layers, params, z0, method, target, max_steps=300, max_seconds=60.0, damping="lm"):
+    opt = hessinv.optax.gauss_newton(layers, method=method, damping=damping)
 
     @jax.jit
     def step(p, s):
@@ -82,6 +83,7 @@ def run(seeds=range(5), target=1e-4, write=True):
         row["gauss_newton_riccati"] = gauss_newton(
             layers, params, z0, "riccati", target, max_steps=60, max_seconds=20.0
         )
+        row["gauss_newton_tr"] = gauss_newton(layers, params, z0, "auto", target, damping="trust_region")
         for m in (10, 50):
             row[f"lbfgs_{m}"] = lbfgs(layers, params, z0, m, target)
         rows.append(row)
