@@ -107,26 +107,32 @@ def _dense_health(F, inertia: bool) -> Health:
 
 
 def _output_space_health(F, inertia: bool) -> Health:
-    """The output-space route (``G + λI = λI + Zᵀ diag(D) Z``): the signs of ``Hℓ``'s
-    eigenvalues and a power-iteration estimate (the ``m × m`` inertia and exact condition with
+    """The output-space route (``G + λI = λI + Zᵀ diag(D) Z``): a bound from the negative part of
+    ``Hℓ`` and a power-iteration estimate (the ``m × m`` inertia and exact condition with
     ``inertia``).
 
-    A convex loss (every eigenvalue of ``Hℓ ≥ 0``) makes ``G + λI`` positive definite for
-    ``λ > 0``, with eigenvalues ``λ`` and ``λ + eig(Z Zᵀ)``: ``rcond = λ / (λ + λ_max(Z Zᵀ))``,
-    ``λ_max`` by power iteration (from below, so the estimate bounds ``rcond`` from above, like
-    the Cholesky one)."""
+    ``Zᵀ diag(D) Z ⪰ −ν I`` with ``ν = Σ_{D_i < 0} ‖Z_i‖²``, so ``G + λI ≻ 0`` when ``λ > ν``
+    (for a convex loss ``ν = 0``: every ``λ > 0``), with eigenvalues at least ``λ − ν`` and at
+    most ``λ + λ_max(Z Zᵀ)``: ``rcond ≈ (λ − ν) / (λ + λ_max(Z Zᵀ))``, ``λ_max`` by power
+    iteration. A larger ``ν`` is reported as not positive definite (not counted)."""
     if inertia:
         info, n_neg = F._info(), F._inertia()[1]
         return Health(info.ok & (n_neg == 0), n_neg, info.min_rcond, info.ok)
     lam, P = F.damping, F.P
     finite = jnp.all(jnp.isfinite(P)) & jnp.all(jnp.isfinite(F.lu))
-    pd = jnp.all(F.D >= 0) & (lam > 0) & finite
+    # G = Zᵀ diag(D) Z ⪰ −Σ_{D_i < 0} ‖Z_i‖² I, so G + λI ≻ 0 whenever λ exceeds that mass. Near a
+    # minimum of a softmax cross-entropy the loss Hessian's exact zeros come out as ±1e-16 (the
+    # rounding of p − p² at p ≈ 1), far above the share of its tiny largest eigenvalue that
+    # signed_root calls zero: counting any D_i < 0 as "not positive definite" would stop LM from
+    # ever lowering λ there.
+    neg = jnp.sum(jnp.where(F.D < 0, jnp.sum(F.Z * F.Z, axis=1), 0))
+    pd = (lam > neg) & (lam > 0) & finite
     v = jnp.ones(P.shape[0], P.dtype)
     for _ in range(20):
         v = P @ v
         v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(P.dtype).tiny)
     top = jnp.maximum(v @ (P @ v), 0)
-    min_rcond = jnp.where(pd, lam / (lam + top), 0)
+    min_rcond = jnp.where(pd, (lam - neg) / (lam + top), 0)
     return Health(pd, jnp.where(pd, 0, -1).astype(jnp.int32), min_rcond, pd & (min_rcond > F.rcond_tol()))
 
 

@@ -281,3 +281,24 @@ def test_flat_rows_round_trip():
     rows = _pipeline.to_rows(pipe, like(params))
     back = _pipeline.vector_to_rows(pipe, _pipeline.rows_to_vector(rows, pipe.dtype))
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(rows, back))
+
+
+def test_optimiser_health_ignores_rounding_negatives_of_a_confident_softmax():
+    """Near a minimum of a softmax cross-entropy the loss Hessian's exact zeros (one per example)
+    come out as ±1e-16, above the share of its tiny largest eigenvalue that counts as zero, so
+    some ``D_i = −1``. ``G + λI`` is still positive definite (dense ``eigvalsh``), and the
+    optimiser's health must say so: otherwise LM never lowers ``λ`` and stalls near the minimum."""
+    from hessinv import _optax_health
+
+    layers, params = separate_loss(*stacked(depth=3, w=4, B=24)[:2])
+    z0 = stacked(depth=3, w=4, B=24)[2]
+    # A confident classifier: the head's logits scaled up until the softmaxes are nearly one-hot.
+    params[-2] = jax.tree.map(lambda a: 100.0 * a, params[-2])
+    lam = 1e-6
+    F = hessinv.factorize(layers, params, z0, damping=lam, curvature="ggn", method="gauss_newton")
+    assert bool(jnp.any(F.D < 0))  # the case this test is about does occur here
+    G = np.asarray(ref_ggn(layers, params, z0))
+    assert np.linalg.eigvalsh(G + lam * np.eye(len(G))).min() > 0
+    h = _optax_health.health(F, inertia=False)
+    assert bool(h.positive_definite) and int(h.n_neg) == 0 and float(h.min_rcond) > 0
+    assert bool(_optax_health.health(F, inertia=True).positive_definite)
