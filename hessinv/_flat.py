@@ -58,6 +58,16 @@ class Spec(NamedTuple):
         return e
 
     @property
+    def examples(self) -> int:
+        """The number of examples ``e`` the flat vector is ordered by, example after example:
+        :attr:`example_major`, or one active leaf of 2 or more axes (whose leaf order is
+        example-major already); else 0."""
+        act = [s for s, f in zip(self.shapes, self.is_active) if f]
+        if len(act) == 1:
+            return act[0][0] if len(act[0]) >= 2 else 0
+        return self.example_major
+
+    @property
     def size(self) -> int:
         """Number of active entries: the dimension of the flat vector."""
         return int(sum(int(np.prod(s)) for s, f in zip(self.shapes, self.is_active) if f))

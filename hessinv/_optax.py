@@ -285,8 +285,8 @@ def _trust_region_trial(m, radius, lam_ref, tr, route, *, accept_ratio, inertia)
         def keep(F):
             return _optax_health.health(F, inertia)
 
-        z = jnp.zeros((), jnp.int32)
-        kept0 = _optax_health.Health(z == 1, z, jnp.zeros((), m.pipe.dtype), z == 1)
+        no = jnp.array(False)
+        kept0 = _optax_health.Health(no, jnp.zeros((), jnp.int32), jnp.zeros((), m.pipe.dtype), no)
 
         def finish(health):
             return health

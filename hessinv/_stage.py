@@ -41,24 +41,14 @@ def is_large(seg: _pipeline.Segment) -> bool:
     return seg.a_out * max(seg.a_in, 1) >= MIN_STRUCTURED
 
 
-def _examples(spec) -> int:
-    """The number of examples of a flat activation laid out example-major (one active leaf of
-    2 or more axes, or several sharing a leading axis: :attr:`~hessinv._flat.Spec.example_major`),
-    else 0."""
-    act = [s for s, f in zip(spec.shapes, spec.is_active) if f]
-    if len(act) == 1:
-        return act[0][0] if len(act[0]) >= 2 else 0
-    return spec.example_major
-
-
 def batch_blocks(seg: _pipeline.Segment):
     """``(n_examples, w_out, w_in)`` if segment ``seg``'s ``A_l`` may be block-diagonal over a
     leading batch axis, else ``None``: the flat input and output example-major over the same
     ``n_examples ≥ 2``, and big enough to be worth it."""
     if seg.frozen_input or seg.a_in * seg.a_out < MIN_STRUCTURED:
         return None
-    n = _examples(seg.in_spec)
-    if n < 2 or _examples(seg.out_spec) != n:
+    n = seg.in_spec.examples
+    if n < 2 or seg.out_spec.examples != n:
         return None
     return n, seg.a_out // n, seg.a_in // n
 
