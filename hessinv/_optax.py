@@ -408,8 +408,8 @@ def scale_by_newton(
         del extra_args  # optax convention: unknown extra arguments are ignored
         pipe, g = _optax_step.prepare(layers, updates, params, z0, "scale_by_newton")
         dt, sdt = pipe.dtype, state.damping.dtype
+        route = _optax_step.route(pipe, method, curvature, lam_floor)
         if mode == "trust_region":  # many dampings per step from one λ-independent part
-            route = _optax_step.route(pipe, method, curvature, lam_floor)
             blk = None
             if route == "riccati":  # the blocks, kept: they also give a structured C d
                 blk = _blocks.compute(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature)
@@ -421,7 +421,6 @@ def scale_by_newton(
         else:
             m = _optax_step.model(layers, pipe, params, z0, g, curvature)
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            route = _optax_step.route(pipe, method, curvature, lam_floor)
             t, iters = _damped_trial(m, lam, state.rejections, route, probe, **judging)
             lam_next = _optax_damping.lm_damping(t, lam, **lm_rule) if mode == "lm" else lam
             radius_next = state.radius
