@@ -6,8 +6,10 @@ parameters, ``Hℓ`` the ``(m × m)`` Hessian of the parameter-free loss ``ℓ``
 ``G`` has rank at most ``m``, so when ``m ≪ n`` everything about ``G + λI`` reduces to one
 ``m × m`` matrix. The identities, and why they hold:
 
-* **A signed square root of Hℓ.** ``Hℓ = V diag(d) Vᵀ`` (``eigh``; ``m`` is small, no per-example
-  block structure needed). Eigenvalues with ``|d_i| ≤ m·eps·max|d|`` are rounding (softmax
+* **A signed square root of Hℓ.** ``Hℓ = V diag(d) Vᵀ`` (``eigh``). A loss summed over examples
+  has a block-diagonal ``Hℓ`` (one ``C × C`` block per example, or a diagonal): where its entries
+  off those blocks are exactly zero, the blocks are decomposed one by one (the same ``d``, ``V``,
+  at ``O(m C²)`` instead of ``O(m³)``), else the whole matrix. Eigenvalues with ``|d_i| ≤ m·eps·max|d|`` are rounding (softmax
   cross-entropy has an exact zero per example) and are set to exactly 0; shapes stay ``m``. With
   ``D = sign(d) ∈ {−1, 0, +1}`` and ``Z = diag(|d|^{1/2}) Vᵀ J`` (``m × n``),
   ``G = Zᵀ D Z``. A zero eigenvalue gives a zero row of ``Z``, so ``D Z = E Z`` with ``E = D``
@@ -109,11 +111,70 @@ def loss_hessian(pipe: _pipeline.Pipeline, f, z):
 def signed_root(H_ell):
     """``(D, R)`` with ``Hℓ = Rᵀ diag(D) R``, ``D = sign(d) ∈ {−1, 0, +1}``, ``R = diag(|d|^{1/2}) Vᵀ``
     from ``Hℓ = V diag(d) Vᵀ``; eigenvalues ``|d| ≤ m·eps·max|d|`` are set to exactly 0."""
-    m, dt = H_ell.shape[0], H_ell.dtype
+    m = H_ell.shape[0]
     d, V = jnp.linalg.eigh(H_ell)
-    tiny = jnp.abs(d) <= m * float(jnp.finfo(dt).eps) * jnp.max(jnp.abs(d))
-    d = jnp.where(tiny, jnp.zeros((), dt), d)
+    d = _drop_tiny(d, m)
     return jnp.sign(d), jnp.sqrt(jnp.abs(d))[:, None] * V.T
+
+
+def _drop_tiny(d, m):
+    """The eigenvalues ``d`` of ``Hℓ`` (any shape) with ``|d| ≤ m·eps·max|d|`` set to exactly 0."""
+    tiny = jnp.abs(d) <= m * float(jnp.finfo(d.dtype).eps) * jnp.max(jnp.abs(d))
+    return jnp.where(tiny, jnp.zeros((), d.dtype), d)
+
+
+def block_sizes(pipe: _pipeline.Pipeline) -> tuple:
+    """The sizes ``b`` of diagonal blocks that ``Hℓ`` may have, finest first (static): 1 (a loss
+    with one output per example, or no coupling at all), and ``m / e`` when the outputs are laid
+    out over ``e`` examples (a loss summed over examples couples each example's ``C`` outputs only)."""
+    last = pipe.segments[-1]
+    m, e = last.a_in, last.in_spec.examples
+    return (1,) + ((m // e,) if e >= 2 and m // e > 1 else ())
+
+
+def _is_block_diagonal(H, b: int):
+    """Whether every entry of ``H`` off its ``b × b`` diagonal blocks is exactly zero."""
+    k = H.shape[0] // b
+    off = ~np.eye(k, dtype=bool)[:, None, :, None]
+    return jnp.all(jnp.where(off, H.reshape(k, b, k, b), 0) == 0)
+
+
+def _root_times(H_ell, J, b: int | None):
+    """``(D, Z = R J)`` from :func:`signed_root`'s factorisation of ``Hℓ``, computed from its
+    ``b × b`` diagonal blocks (``b = None``: the whole matrix). With ``b`` given the caller has
+    checked that every other entry is zero, so the blocks' eigenpairs are those of ``Hℓ``."""
+    m, n = J.shape
+    if b is None:
+        D, R = signed_root(H_ell)
+        return D, R @ J
+    if b == 1:
+        d = _drop_tiny(jnp.diagonal(H_ell), m)
+        return jnp.sign(d), jnp.sqrt(jnp.abs(d))[:, None] * J
+    k, idx = m // b, np.arange(m // b)
+    d, V = jnp.linalg.eigh(H_ell.reshape(k, b, k, b)[idx, :, idx, :])  # (k, b), (k, b, b)
+    d = _drop_tiny(d, m)
+    R = jnp.sqrt(jnp.abs(d))[:, :, None] * jnp.swapaxes(V, 1, 2)
+    return jnp.sign(d).reshape(m), jnp.einsum("kij,kjn->kin", R, J.reshape(k, b, n)).reshape(m, n)
+
+
+def structure(pipe: _pipeline.Pipeline, H_ell):
+    """The index into ``block_sizes(pipe) + (None,)`` of the finest diagonal blocks that ``Hℓ``
+    has exactly (every other entry zero); the last, ``None``, is the whole matrix. An array."""
+    sizes = block_sizes(pipe)
+    found = jnp.array([_is_block_diagonal(H_ell, b) for b in sizes])
+    return jnp.where(jnp.any(found), jnp.argmax(found), len(sizes))
+
+
+def signed_factor(pipe: _pipeline.Pipeline, H_ell, J):
+    """``(D, Z)`` with ``G = Jᵀ Hℓ J = Zᵀ diag(D) Z``, ``Z = R J`` (:func:`signed_root`), from the
+    finest diagonal blocks that ``Hℓ`` has exactly (:func:`structure`, read off the numbers: a
+    ``lax.switch``, only one branch runs). A loss summed over examples has a block-diagonal
+    ``Hℓ``; its ``m × m`` eigendecomposition (``O(m³)``) and ``R J`` (``O(m² n)``) then cost
+    ``O(m b²)`` and ``O(m b n)`` instead (measured on the digits MLP, ``m = 640``, ``b = 10``:
+    the λ-independent part of a Gauss-Newton step 151 → 30-43 ms)."""
+    sizes = block_sizes(pipe) + (None,)
+    branches = [functools.partial(_root_times, b=b) for b in sizes]
+    return jax.lax.switch(structure(pipe, H_ell), branches, H_ell, J)
 
 
 def _E(D):
@@ -181,8 +242,7 @@ def outputs_factor(pipe, seg_rows, z0):
     λ-independent part, formed once for many dampings."""
     x = _pipeline.rows_to_vector(seg_rows, pipe.dtype)
     f, J, z = jacobian(pipe, x, z0)
-    D, R = signed_root(loss_hessian(pipe, f, z))
-    Z = R @ J
+    D, Z = signed_factor(pipe, loss_hessian(pipe, f, z), J)
     return Z, D, sym(Z @ Z.T)
 
 

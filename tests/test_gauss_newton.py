@@ -24,6 +24,7 @@ from helpers import (
     rel_err,
     separate_loss,
     stacked,
+    xent_loss,
 )
 from jax.flatten_util import ravel_pytree
 
@@ -39,6 +40,12 @@ def cos_loss(z, x):
     """Nonconvex: ``Hℓ = diag(−4 cos(2h))`` on the first two logits (both signs), and exactly 0 on
     the third (a zero row of ``Hℓ`` next to negative eigenvalues: ``D`` takes all of −1, 0, +1)."""
     return jnp.sum(jnp.cos(2.0 * z["h"][:, :2]))
+
+
+def coupled_loss(z, x):
+    """Cross-entropy plus a penalty on the batch-mean logits: ``Hℓ`` couples every example (no
+    diagonal blocks), convex."""
+    return xent_loss(z, x) + 0.3 * jnp.sum(jnp.mean(z["h"], axis=0) ** 2)
 
 
 def stream_pred(z, x):
@@ -76,6 +83,9 @@ def case(name, dtype=jnp.float64):
     if name == "xent":  # softmax cross-entropy: singular Hℓ
         layers, params, z0 = mlp(dtype=dtype)
         return (*separate_loss(layers, params), z0)
+    if name == "coupled":
+        layers, params, z0 = mlp(dtype=dtype)
+        return list(layers[:-1]) + [logits_layer, coupled_loss], list(params) + [{}], z0
     if name == "stacked":
         layers, params, z0 = stacked()
         return (*separate_loss(layers, params), z0)
@@ -155,7 +165,15 @@ def test_push_through_identity_with_zero_and_negative_signs():
 
 @pytest.mark.parametrize(
     "name, damping",
-    [("xent", 0.1), ("stacked", 0.05), ("pytree", 0.2), ("regression", 1e-2), ("wide_batch", 0.1), ("cosine", 0.3)],
+    [
+        ("xent", 0.1),
+        ("coupled", 0.1),
+        ("stacked", 0.05),
+        ("pytree", 0.2),
+        ("regression", 1e-2),
+        ("wide_batch", 0.1),
+        ("cosine", 0.3),
+    ],
 )
 def test_matches_dense(name, damping):
     """solve, matvec, logdet, inertia against the dense G + λI (float64)."""
@@ -184,6 +202,27 @@ def test_matches_dense(name, damping):
         assert ev.min() < 0 < ev.max()
     if name == "regression":
         assert (m, n) == (6, 321)
+
+
+@pytest.mark.parametrize("name, blocks", [("regression", 1), ("cosine", 1), ("xent", 3), ("coupled", None)])
+def test_loss_hessian_blocks_are_found_and_every_branch_is_exact(name, blocks):
+    """The finest exact diagonal blocks of Hℓ are found (1: one output per example, or no
+    coupling; C = 3: softmax cross-entropy per example; None: a loss coupling the examples), and
+    every factorisation Hℓ = Rᵀ diag(D) R valid for that Hℓ gives G = Zᵀ diag(D) Z, Z = R J,
+    equal to the independent dense Jᵀ ∇²ℓ J."""
+    layers, params, z0, G = dense(name)
+    pipe = _pipeline.build(layers, params, z0)
+    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, list(params)), pipe.dtype)
+    f, J, z = gn.jacobian(pipe, x, z0)
+    H = gn.loss_hessian(pipe, f, z)
+    sizes = gn.block_sizes(pipe) + (None,)
+    assert sizes[int(gn.structure(pipe, H))] == blocks
+    valid = sizes[sizes.index(blocks) :] if blocks == 1 else (blocks, None)
+    for b in valid:
+        D, Z = gn._root_times(H, J, b)
+        assert rel_err(np.asarray(Z.T @ (D[:, None] * Z)), G) < 1e-12, b
+    D, Z = gn.signed_factor(pipe, H, J)
+    assert rel_err(np.asarray(Z.T @ (D[:, None] * Z)), G) < 1e-12
 
 
 def test_float32():
