@@ -1,18 +1,18 @@
 """Gauss-Newton against L-BFGS on a small deterministic regression, in one process.
 
-    python -m benchmarks.regression              # seeds 0-4, to a loss of 1e-4 (~1 min, 2 CPU cores)
-    python -m benchmarks.regression --seeds 0 --target 1e-6
+    python -m benchmarks.regression              # seeds 0-9, to losses 1e-3, 1e-4, 1e-6 (~4 min, 2 CPU cores)
+    python -m benchmarks.regression --seeds 0 --targets 1e-3
 
 The network: 128 points ``x ∈ [-1, 1]`` → tanh 1→8 → 8 tanh layers 8→8 (a ``Stack``) → 8→1,
 loss ``½ mean (f(x) − sin 3x₀)²``, 601 parameters, float64. Both optimisers run in their
-documented optax loops, each step one jitted call, from the same initialisation, every program compiled before the timing
-(``optax.lbfgs``'s state changes type after its first update, so its step compiles twice):
-``hessinv.optax.gauss_newton(layers, method=...)`` (Levenberg-Marquardt, default settings) with
-the route ``auto`` picks and with the stage recursion forced, the same with
-``damping="trust_region"`` (default settings, ``auto``'s route), and ``optax.lbfgs`` (memory 10
-and 50, its default zoom line search). Reported: steps and wall-clock seconds (compilation
-excluded) to the target loss, or the loss reached within the step cap. Writes
-``results/regression_<platform>.json``.
+documented optax loops, each step one jitted call, from the same initialisation, every program
+compiled before the timing (``optax.lbfgs``'s state changes type after its first update, so its
+step compiles twice): ``hessinv.optax.gauss_newton(layers)`` (Levenberg-Marquardt, default
+settings, on the route ``auto`` picks), the same with ``damping="trust_region"``, and
+``optax.lbfgs`` (memory 10 and 50, its default zoom line search); on ``--riccati-seeds`` also
+Gauss-Newton LM with the stage recursion forced (the route matters). Reported per method and
+target: the steps and wall-clock seconds (compilation excluded) to reach it, or the loss reached
+within the step and time caps. Writes ``results/regression_<platform>.json``.
 """
 
 from __future__ import annotations
@@ -29,23 +29,25 @@ from . import common
 from .shapes import regression
 
 
-def _race(step, p, s, target, max_steps, max_seconds):
+def _race(step, p, s, targets, max_steps, max_seconds):
+    """Steps and seconds to each of ``targets`` (descending); stops at the last or a cap."""
     common.warm_up(step, p, s)
     programs = step._cache_size()
-    t0 = time.perf_counter()
+    reached, t0 = {}, time.perf_counter()
     for i in range(max_steps):
         p, s, v = step(p, s)
         v = float(v)
-        if v < target or time.perf_counter() - t0 > max_seconds:
+        for t in targets:
+            if v < t and str(t) not in reached:
+                reached[str(t)] = {"steps": i + 1, "seconds": time.perf_counter() - t0}
+        if v < targets[-1] or time.perf_counter() - t0 > max_seconds:
             break
-    out = {"steps": i + 1 if v < target else None, "seconds": time.perf_counter() - t0, "loss": v}
-    if v >= target:
-        out["stopped_after"] = i + 1
+    out = {"reached": reached, "seconds": time.perf_counter() - t0, "loss": v, "stopped_after": i + 1}
     out["recompiled_during_race"] = step._cache_size() != programs
     return out
 
 
-def gauss_newton(layers, params, z0, method, target, max_steps=300, max_seconds=60.0, damping="lm"):
+def gauss_newton(layers, params, z0, method, targets, max_steps=300, max_seconds=60.0, damping="lm"):
     opt = hessinv.optax.gauss_newton(layers, method=method, damping=damping)
 
     @jax.jit
@@ -55,10 +57,10 @@ def gauss_newton(layers, params, z0, method, target, max_steps=300, max_seconds=
         p = optax.apply_updates(p, u)
         return p, s, hessinv.loss(layers, p, z0)
 
-    return _race(step, params, opt.init(params), target, max_steps, max_seconds)
+    return _race(step, params, opt.init(params), targets, max_steps, max_seconds)
 
 
-def lbfgs(layers, params, z0, memory, target, max_steps=20000, max_seconds=60.0):
+def lbfgs(layers, params, z0, memory, targets, max_steps=50000, max_seconds=60.0):
     def loss(p):
         return hessinv.loss(layers, p, z0)
 
@@ -71,48 +73,72 @@ def lbfgs(layers, params, z0, memory, target, max_steps=20000, max_seconds=60.0)
         u, s = opt.update(g, s, p, value=v, grad=g, value_fn=loss)
         return optax.apply_updates(p, u), s, v
 
-    return _race(step, params, opt.init(params), target, max_steps, max_seconds)
+    return _race(step, params, opt.init(params), targets, max_steps, max_seconds)
 
 
-def run(seeds=range(5), target=1e-4, write=True):
+def run(seeds=range(10), targets=(1e-3, 1e-4, 1e-6), riccati_seeds=(0,), write=True):
+    targets = tuple(sorted(targets, reverse=True))
     rows = []
     for seed in seeds:
         layers, params, z0 = regression(128, 8, 8, seed=seed, inputs=1)
         row = {"seed": seed, "auto_route": hessinv.route(layers, params, z0, damping=1e-3, curvature="ggn")}
-        row["gauss_newton_auto"] = gauss_newton(layers, params, z0, "auto", target)
-        row["gauss_newton_riccati"] = gauss_newton(
-            layers, params, z0, "riccati", target, max_steps=60, max_seconds=20.0
-        )
-        row["gauss_newton_tr"] = gauss_newton(layers, params, z0, "auto", target, damping="trust_region")
+        row["gauss_newton_lm"] = gauss_newton(layers, params, z0, "auto", targets)
+        row["gauss_newton_tr"] = gauss_newton(layers, params, z0, "auto", targets, damping="trust_region")
+        if seed in riccati_seeds:
+            row["gauss_newton_lm_riccati"] = gauss_newton(
+                layers, params, z0, "riccati", targets, max_steps=60, max_seconds=20.0
+            )
         for m in (10, 50):
-            row[f"lbfgs_{m}"] = lbfgs(layers, params, z0, m, target)
+            row[f"lbfgs_{m}"] = lbfgs(layers, params, z0, m, targets)
         rows.append(row)
-        print(
-            seed,
-            {
-                k: (v["steps"], round(v["seconds"], 3), f"{v['loss']:.2e}")
-                for k, v in row.items()
-                if isinstance(v, dict)
-            },
-            flush=True,
-        )
+        print(seed, {k: _brief(v, targets) for k, v in row.items() if isinstance(v, dict)}, flush=True)
     out = {
-        "meta": common.machine() | {"target": target, "network": "1-8-(8x8)-1 tanh, 128 points, 601 params"},
+        "meta": common.machine() | {"targets": list(targets), "network": "1-8-(8x8)-1 tanh, 128 points, 601 params"},
         "rows": rows,
+        "summary": summary(rows, targets),
     }
+    for t, s in out["summary"].items():
+        print(f"loss {t}: " + "  ".join(f"{k} {v}" for k, v in s.items()))
     if write:
         common.write_json(out, "regression")
     return out
 
 
+def _brief(r, targets):
+    return " ".join(
+        f"{r['reached'][str(t)]['steps']}/{r['reached'][str(t)]['seconds']:.3f}s" if str(t) in r["reached"] else "-"
+        for t in targets
+    )
+
+
+def summary(rows, targets):
+    """Per target: each method's median seconds over the seeds that reached it (and how many did),
+    and how many seeds each method was first on."""
+    methods = [k for k in rows[0] if isinstance(rows[0][k], dict) and "riccati" not in k]
+    out = {}
+    for t in targets:
+        key, s = str(t), {}
+        for k in methods:
+            times = sorted(r[k]["reached"][key]["seconds"] for r in rows if key in r[k]["reached"])
+            s[k] = {"reached": len(times), "median_s": times[len(times) // 2] if times else None}
+        for r in rows:
+            got = {k: r[k]["reached"][key]["seconds"] for k in methods if key in r[k]["reached"]}
+            if got:
+                first = min(got, key=got.get)
+                s[first]["first_on"] = s[first].get("first_on", 0) + 1
+        out[key] = s
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
-    ap.add_argument("--target", type=float, default=1e-4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    ap.add_argument("--targets", type=float, nargs="+", default=[1e-3, 1e-4, 1e-6])
+    ap.add_argument("--riccati-seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    run(a.seeds, a.target, write=not a.no_write)
+    run(a.seeds, a.targets, a.riccati_seeds, write=not a.no_write)
 
 
 if __name__ == "__main__":
