@@ -9,9 +9,9 @@ parameters, ``Hℓ`` the ``(m × m)`` Hessian of the parameter-free loss ``ℓ``
 * **A signed square root of Hℓ.** ``Hℓ = V diag(d) Vᵀ`` (``eigh``). A loss summed over examples
   has a block-diagonal ``Hℓ`` (one ``C × C`` block per example, or a diagonal): where its entries
   off those blocks are exactly zero, the blocks are decomposed one by one (the same ``d``, ``V``,
-  at ``O(m C²)`` instead of ``O(m³)``), else the whole matrix. Eigenvalues with ``|d_i| ≤ m·eps·max|d|`` are rounding (softmax
-  cross-entropy has an exact zero per example) and are set to exactly 0; shapes stay ``m``. With
-  ``D = sign(d) ∈ {−1, 0, +1}`` and ``Z = diag(|d|^{1/2}) Vᵀ J`` (``m × n``),
+  at ``O(m C²)`` instead of ``O(m³)``), else the whole matrix. Eigenvalues with
+  ``|d_i| ≤ m·eps·max|d|`` are rounding (softmax cross-entropy has an exact zero per example)
+  and are set to exactly 0; shapes stay ``m``. With ``D = sign(d) ∈ {−1, 0, +1}`` and ``Z = diag(|d|^{1/2}) Vᵀ J`` (``m × n``),
   ``G = Zᵀ D Z``. A zero eigenvalue gives a zero row of ``Z``, so ``D Z = E Z`` with ``E = D``
   except ``E_i = +1`` where ``D_i = 0``: ``E ∈ {±1}``, ``E² = I`` and ``G = Zᵀ E Z`` too.
 
@@ -135,8 +135,10 @@ def block_sizes(pipe: _pipeline.Pipeline) -> tuple:
 def _is_block_diagonal(H, b: int):
     """Whether every entry of ``H`` off its ``b × b`` diagonal blocks is exactly zero."""
     k = H.shape[0] // b
-    off = ~np.eye(k, dtype=bool)[:, None, :, None]
-    return jnp.all(jnp.where(off, H.reshape(k, b, k, b), 0) == 0)
+    # iotas, not a constant mask: an m × m boolean constant would be embedded in the program
+    i = jax.lax.broadcasted_iota(jnp.int32, (k, 1, k, 1), 0)
+    j = jax.lax.broadcasted_iota(jnp.int32, (k, 1, k, 1), 2)
+    return jnp.all((i == j) | (H.reshape(k, b, k, b) == 0))
 
 
 def _root_times(H_ell, J, b: int | None):
