@@ -174,11 +174,15 @@ def _forward(segments) -> float:
 
 def gauss_newton_flops(pipe: _pipeline.Pipeline) -> float:
     """Gauss-Newton in the output space: ``J`` by ``min(m, n)`` passes, ``Z Zᵀ`` (``2 m² n``)
-    and the ``m × m`` factorisations, charged ``9 m³``: chiefly the eigendecomposition of ``Hℓ``
-    with its vectors, which runs well below the rate of products (the coefficient is the
-    ``shapes`` benchmark's fit)."""
+    and the ``m × m`` factorisations, charged ``4 m³``: the LU of ``K`` and the eigenvalues of
+    ``K`` for ``info()``, which run below the rate of products. The loss is taken to be a sum
+    over examples, whose ``Hℓ`` is block-diagonal and costs no ``m × m`` eigendecomposition
+    (:func:`hessinv._gauss_newton.signed_factor`); a loss that couples the examples pays about
+    ``5 m³`` more than charged. (The shapes benchmark's fit gave ``9 m³`` when every ``Hℓ`` was
+    decomposed whole; ``4`` is what the measured ``ihvp`` times of the regression network at
+    batch 64 and 256 gave since.)"""
     n, m = _pipeline.n_params(pipe), pipe.segments[-1].a_in
-    return 3 * _forward(pipe.segments) * min(m, n) + 2 * m * m * n + 4 * m * n + 9 * m**3
+    return 3 * _forward(pipe.segments) * min(m, n) + 2 * m * m * n + 4 * m * n + 4 * m**3
 
 
 def parallel_steps(pipe: _pipeline.Pipeline) -> int:
