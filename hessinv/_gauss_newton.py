@@ -108,21 +108,6 @@ def loss_hessian(pipe: _pipeline.Pipeline, f, z):
     return 0.5 * (H_ell + H_ell.T)
 
 
-def signed_root(H_ell):
-    """``(D, R)`` with ``Hℓ = Rᵀ diag(D) R``, ``D = sign(d) ∈ {−1, 0, +1}``, ``R = diag(|d|^{1/2}) Vᵀ``
-    from ``Hℓ = V diag(d) Vᵀ``; eigenvalues ``|d| ≤ m·eps·max|d|`` are set to exactly 0."""
-    m = H_ell.shape[0]
-    d, V = jnp.linalg.eigh(H_ell)
-    d = _drop_tiny(d, m)
-    return jnp.sign(d), jnp.sqrt(jnp.abs(d))[:, None] * V.T
-
-
-def _drop_tiny(d, m):
-    """The eigenvalues ``d`` of ``Hℓ`` (any shape) with ``|d| ≤ m·eps·max|d|`` set to exactly 0."""
-    tiny = jnp.abs(d) <= m * float(jnp.finfo(d.dtype).eps) * jnp.max(jnp.abs(d))
-    return jnp.where(tiny, jnp.zeros((), d.dtype), d)
-
-
 def block_sizes(pipe: _pipeline.Pipeline) -> tuple:
     """The sizes ``b`` of diagonal blocks that ``Hℓ`` may have, finest first (static): 1 (a loss
     with one output per example, or no coupling at all), and ``m / e`` when the outputs are laid
@@ -142,19 +127,18 @@ def _is_block_diagonal(H, b: int):
 
 
 def _root_times(H_ell, J, b: int | None):
-    """``(D, Z = R J)`` from :func:`signed_root`'s factorisation of ``Hℓ``, computed from its
-    ``b × b`` diagonal blocks (``b = None``: the whole matrix). With ``b`` given the caller has
-    checked that every other entry is zero, so the blocks' eigenpairs are those of ``Hℓ``."""
+    """``(D, Z = R J)`` with ``Hℓ = Rᵀ diag(D) R``, ``D = sign(d) ∈ {−1, 0, +1}`` and
+    ``R = diag(|d|^{1/2}) Vᵀ`` from the eigendecompositions ``V diag(d) Vᵀ`` of ``Hℓ``'s
+    ``b × b`` diagonal blocks (``b = None``: the whole matrix, one block); eigenvalues
+    ``|d| ≤ m·eps·max|d|`` are set to exactly 0. With ``b`` given the caller has checked that
+    every other entry is zero, so the blocks' eigenpairs are those of ``Hℓ``. (For ``b = 1`` the
+    ``1 × 1`` eigendecompositions cost about what reading the diagonal does: 0.18 against 0.12 ms
+    at ``m = 128``.)"""
     m, n = J.shape
-    if b is None:
-        D, R = signed_root(H_ell)
-        return D, R @ J
-    if b == 1:
-        d = _drop_tiny(jnp.diagonal(H_ell), m)
-        return jnp.sign(d), jnp.sqrt(jnp.abs(d))[:, None] * J
+    b = m if b is None else b
     k, idx = m // b, np.arange(m // b)
     d, V = jnp.linalg.eigh(H_ell.reshape(k, b, k, b)[idx, :, idx, :])  # (k, b), (k, b, b)
-    d = _drop_tiny(d, m)
+    d = jnp.where(jnp.abs(d) <= m * float(jnp.finfo(d.dtype).eps) * jnp.max(jnp.abs(d)), 0, d)
     R = jnp.sqrt(jnp.abs(d))[:, :, None] * jnp.swapaxes(V, 1, 2)
     return jnp.sign(d).reshape(m), jnp.einsum("kij,kjn->kin", R, J.reshape(k, b, n)).reshape(m, n)
 
@@ -168,7 +152,7 @@ def structure(pipe: _pipeline.Pipeline, H_ell):
 
 
 def signed_factor(pipe: _pipeline.Pipeline, H_ell, J):
-    """``(D, Z)`` with ``G = Jᵀ Hℓ J = Zᵀ diag(D) Z``, ``Z = R J`` (:func:`signed_root`), from the
+    """``(D, Z)`` with ``G = Jᵀ Hℓ J = Zᵀ diag(D) Z``, ``Z = R J`` (:func:`_root_times`), from the
     finest diagonal blocks that ``Hℓ`` has exactly (:func:`structure`, read off the numbers: a
     ``lax.switch``, only one branch runs). A loss summed over examples has a block-diagonal
     ``Hℓ``; its ``m × m`` eigendecomposition (``O(m³)``) and ``R J`` (``O(m² n)``) then cost

@@ -123,8 +123,8 @@ def _output_space_health(F, inertia: bool) -> Health:
     # G = Zᵀ diag(D) Z ⪰ −Σ_{D_i < 0} ‖Z_i‖² I, so G + λI ≻ 0 whenever λ exceeds that mass. Near a
     # minimum of a softmax cross-entropy the loss Hessian's exact zeros come out as ±1e-16 (the
     # rounding of p − p² at p ≈ 1), far above the share of its tiny largest eigenvalue that
-    # signed_root calls zero: counting any D_i < 0 as "not positive definite" would stop LM from
-    # ever lowering λ there.
+    # _gauss_newton._root_times calls zero: counting any D_i < 0 as "not positive definite"
+    # would stop LM from ever lowering λ there.
     neg = jnp.sum(jnp.where(F.D < 0, jnp.sum(F.Z * F.Z, axis=1), 0))
     pd = (lam > neg) & (lam > 0) & finite
     v = jnp.ones(P.shape[0], P.dtype)
