@@ -103,16 +103,26 @@ def case(name, dtype=jnp.float64):
     raise KeyError(name)
 
 
+def dense_outputs(layers, params, z0):
+    """``(outputs, flat0)``: the float leaves of the loss input, raveled and concatenated, as a
+    function of the ``ravel_pytree`` parameter vector, and that vector."""
+    flat0, unravel = ravel_pytree(list(params))
+    is_f = [jnp.issubdtype(a.dtype, jnp.inexact) for a in jax.tree.leaves(ref_loss(layers[:-1], params[:-1], z0))]
+
+    def outputs(t):
+        zl = jax.tree.leaves(ref_loss(layers[:-1], unravel(t)[:-1], z0))
+        return jnp.concatenate([a.ravel() for a, f in zip(zl, is_f) if f])
+
+    return outputs, flat0
+
+
 def dense_ggn(layers, params, z0):
     """``Jᵀ ∇²ℓ J`` for any pytree activations (float leaves of the loss input are outputs)."""
     flat0, unravel = ravel_pytree(list(params))
     z = ref_loss(layers[:-1], unravel(flat0)[:-1], z0)
     leaves, treedef = jax.tree.flatten(z)
     is_f = [jnp.issubdtype(a.dtype, jnp.inexact) for a in leaves]
-
-    def outputs(t):
-        zl = jax.tree.leaves(ref_loss(layers[:-1], unravel(t)[:-1], z0))
-        return jnp.concatenate([a.ravel() for a, f in zip(zl, is_f) if f])
+    outputs, _ = dense_outputs(layers, params, z0)
 
     def ell(u):
         out, i = [], 0
@@ -223,6 +233,76 @@ def test_loss_hessian_blocks_are_found_and_every_branch_is_exact(name, blocks):
         assert rel_err(np.asarray(Z.T @ (D[:, None] * Z)), G) < 1e-12, b
     D, Z = gn.signed_factor(pipe, H, J)
     assert rel_err(np.asarray(Z.T @ (D[:, None] * Z)), G) < 1e-12
+
+
+# -- the per-example Jacobian ---------------------------------------------------------------------
+
+
+def _mean_coupled(weight):
+    """``dense_tanh`` plus ``weight`` times the batch mean of its output: couples every example."""
+
+    def layer(z, x):
+        out = dense_tanh(z, x)
+        return {**out, "h": out["h"] + weight * jnp.mean(out["h"], axis=0)}
+
+    return layer
+
+
+def _batch_scaled(z, x):
+    """Per-example in its derivatives' pattern, but scaled by the batch size: a run on one
+    example computes a different function."""
+    out = dense_tanh(z, x)
+    return {**out, "h": out["h"] * (z["h"].shape[0] / 8)}
+
+
+def _fixed_batch(z, x):
+    """Runs only on a batch of exactly 8 (a hard-coded reshape)."""
+    out = dense_tanh(z, x)
+    return {**out, "h": out["h"].reshape(8, -1)}
+
+
+@pytest.mark.parametrize(
+    "variant, per_example",
+    [
+        ("plain", True),
+        ("plain_float32", True),
+        ("stacked", True),
+        ("batch_mean", False),
+        ("weak_batch_mean", False),
+        ("batch_scaled", False),
+        ("fixed_batch", None),
+    ],
+)
+def test_per_example_jacobian_is_used_only_where_the_numbers_confirm_it(variant, per_example):
+    """The rows of J from one-example runs (C vjps per example) are taken only where they equal
+    the batch's J: not for a layer coupling the examples (even by a weight of 1e-9), nor one
+    whose function depends on the batch size, and not tried for layers that do not run on one
+    example. Whichever path runs, J equals the independent ``jax.jacobian`` of the plain
+    composition."""
+    dtype = jnp.float32 if variant == "plain_float32" else jnp.float64
+    if variant == "stacked":
+        layers, params, z0 = stacked()
+        layers, params = separate_loss(layers, params)
+    else:
+        layers, params, z0 = mlp(dtype=dtype)
+        layers, params = separate_loss(layers, params)
+        middle = {"batch_mean": _mean_coupled(0.3), "weak_batch_mean": _mean_coupled(1e-9)}
+        middle |= {"batch_scaled": _batch_scaled, "fixed_batch": _fixed_batch}
+        layers = list(layers)
+        layers[1] = middle.get(variant, layers[1])
+    pipe = _pipeline.build(layers, params, z0)
+    x = _pipeline.rows_to_vector(_pipeline.to_rows(pipe, list(params)), pipe.dtype)
+    outputs, flat0 = dense_outputs(layers, params, z0)
+    J_ref = np.asarray(jax.jacobian(outputs)(flat0))
+    assert gn._per_example_layout(pipe, x, z0) == (None if per_example is None else (z0["y"].shape[0], 3))
+    if per_example is not None:
+        J1, f1 = gn._per_example_jacobian(pipe, x, z0)
+        t = jax.random.normal(jax.random.key(0), x.shape, dtype)
+        f, Jt, _ = jax.jvp(gn._outputs(pipe, z0), (x,), (t,), has_aux=True)
+        assert bool(gn._agrees(f, Jt, t, J1, f1, pipe.n_layers)) == per_example
+    _, J, _ = jax.jit(lambda x: gn.jacobian(pipe, x, z0))(x)
+    J = jax.vmap(lambda r: flat(_pipeline.from_rows(pipe, _pipeline.vector_to_rows(pipe, r))))(J)  # ravel_pytree order
+    assert rel_err(np.asarray(J), J_ref) < (1e-6 if dtype == jnp.float32 else 1e-13)
 
 
 def test_float32():
