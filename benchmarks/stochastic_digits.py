@@ -1,6 +1,6 @@
 """Mini-batch training on digits, judged by held-out test accuracy against wall-clock.
 
-    python -m benchmarks.stochastic_digits                      # seeds 0-9 (~15 min, 2 CPU cores)
+    python -m benchmarks.stochastic_digits                      # seeds 0-9 (~30 min, 2 CPU cores)
     python -m benchmarks.stochastic_digits --seeds 0 --seconds 2 --no-write
 
 Data: scikit-learn's bundled 8x8 digits, standardised as in :mod:`benchmarks.newton_vs_adam`,
