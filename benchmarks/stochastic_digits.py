@@ -27,8 +27,7 @@ the fixed dampings), the curve kept per seed is the value that first reaches 95 
 (else the best final test accuracy): tuned per seed, on the test set, the same way for all.
 
 Reported per seed and method: the test accuracy at each checkpoint, the best test accuracy, the
-time to 90 % and 95 %, steps and seconds per step (and for Gauss-Newton the factorisations and
-rejected steps). The summary gives medians over seeds and, per checkpoint time, the median test
+time to 90 % and 95 %, steps and seconds per step (and for Gauss-Newton the last damping). The summary gives medians over seeds and, per checkpoint time, the median test
 accuracy. Writes ``results/stochastic_digits_<platform>.json`` and ``.png``.
 """
 
@@ -117,7 +116,7 @@ def run(layers, params, opt, train, test, order, *, second_order, seconds, check
     if second_order:
         info = optax.tree_utils.tree_get(state, "info")
         out["last_damping"] = float(info.damping)
-    return out, params, state
+    return out
 
 
 def _gauss_newton(layers, train, batch, **kw):
@@ -131,7 +130,7 @@ def _tuned(layers, params, train, test, order, make_opt, grid, args, checkpoints
     test accuracy, else the best final."""
     runs = {}
     for v in grid:
-        runs[str(v)], _, _ = run(
+        runs[str(v)] = run(
             layers,
             params,
             make_opt(v),
@@ -143,8 +142,8 @@ def _tuned(layers, params, train, test, order, make_opt, grid, args, checkpoints
             checkpoints=checkpoints,
         )
 
-    def key(lr):
-        r = runs[lr]
+    def key(v):
+        r = runs[v]
         t = r["time_to_0.95"]
         return (0, t) if t is not None else (1, -r["final_test_acc"])
 

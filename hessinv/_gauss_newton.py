@@ -67,16 +67,21 @@ from ._linalg import sym
 # -- J and Hℓ -------------------------------------------------------------------------------------
 
 
+def _loss_input(pipe: _pipeline.Pipeline, x, z):
+    """The last layer's input: every layer but the loss applied to ``z`` (a batch, or one
+    example of it), with the flat parameters ``x``."""
+    for seg, rows in zip(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x)):
+        z, _ = _pipeline.run_segment(seg, z, rows)
+    return z
+
+
 def _outputs(pipe: _pipeline.Pipeline, z0):
     """``x ↦ (f, z)``: the active leaves ``f`` (length ``m``) of the last layer's input ``z`` as a
     function of the flat parameters ``x``, every layer but the loss applied."""
-    last = pipe.segments[-1]
 
     def phi(x):
-        z = z0
-        for seg, rows in zip(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x)):
-            z, _ = _pipeline.run_segment(seg, z, rows)
-        return _flat.ravel(last.in_spec, z, pipe.dtype), z
+        z = _loss_input(pipe, x, z0)
+        return _flat.ravel(pipe.segments[-1].in_spec, z, pipe.dtype), z
 
     return phi
 
@@ -144,9 +149,8 @@ def _example_outputs(pipe: _pipeline.Pipeline):
     last = pipe.segments[-1]
 
     def phi(x, z):
-        for seg, rows in zip(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x)):
-            z, _ = _pipeline.run_segment(seg, z, rows)
-        act = [a.reshape(1, -1).astype(pipe.dtype) for a, f in zip(jax.tree.leaves(z), last.in_spec.is_active) if f]
+        leaves = jax.tree.leaves(_loss_input(pipe, x, z))
+        act = [a.reshape(1, -1).astype(pipe.dtype) for a, f in zip(leaves, last.in_spec.is_active) if f]
         return jnp.concatenate(act, axis=1).reshape(-1)
 
     return phi
