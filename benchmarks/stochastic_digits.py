@@ -19,7 +19,7 @@ inside it from the step number), ``block_until_ready`` after each:
   update; and on batches of 16 (a cheaper curvature: 160 outputs instead of 640) with a fixed
   damping from a grid (``--gn-dampings``), refactorising every update;
 * ``optax.adam`` and SGD with momentum 0.9, batches of 64, each over a learning-rate grid
-  that brackets its best rate (Adam 1e-4 … 1e-2, SGD 1e-3 … 3e-2: the largest rates diverge).
+  (Adam 1e-4 … 1e-2, which brackets its best rate; SGD 1e-3 … 3e-2).
 
 Every method gets the same wall-clock budget (``--seconds``, compilation excluded). At about 40
 log-spaced times the clock is stopped and the test accuracy and the loss on the whole training
