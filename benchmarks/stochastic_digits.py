@@ -28,8 +28,9 @@ the fixed dampings), the curve kept per seed is the value that first reaches 95 
 (else the best final test accuracy): tuned per seed, on the test set, the same way for all.
 
 Reported per seed and method: the test accuracy at each checkpoint, the best test accuracy, the
-time to 90 % and 95 %, steps and seconds per step (and for Gauss-Newton the last damping). The summary gives medians over seeds and, per checkpoint time, the median test
-accuracy. Writes ``results/stochastic_digits_<platform>.json`` and ``.png``.
+time to 90 % and 95 %, steps and seconds per step (and for Gauss-Newton the last damping).
+The summary gives medians over seeds and, per checkpoint time, the median test accuracy.
+Writes ``results/stochastic_digits_<platform>.json`` and ``.png``.
 """
 
 from __future__ import annotations

@@ -70,9 +70,7 @@ from ._linalg import sym
 def _loss_input(pipe: _pipeline.Pipeline, x, z):
     """The last layer's input: every layer but the loss applied to ``z`` (a batch, or one
     example of it), with the flat parameters ``x``."""
-    for seg, rows in zip(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x)):
-        z, _ = _pipeline.run_segment(seg, z, rows)
-    return z
+    return _pipeline.run_segments(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x), z)[0]
 
 
 def _outputs(pipe: _pipeline.Pipeline, z0):

@@ -520,13 +520,18 @@ def run_segment(seg: Segment, z, rows):
     return jax.lax.scan(step, z, rows)
 
 
-def forward(pipe: Pipeline, seg_rows: Sequence, z0):
-    """The whole forward pass: (loss, per-segment stacked layer inputs)."""
-    z, inputs = z0, []
-    for seg, rows in zip(pipe.segments, seg_rows):
+def run_segments(segments: Sequence, seg_rows: Sequence, z):
+    """Forward through consecutive segments: (output, per-segment stacked layer inputs)."""
+    inputs = []
+    for seg, rows in zip(segments, seg_rows):
         z, zin = run_segment(seg, z, rows)
         inputs.append(zin)
     return z, inputs
+
+
+def forward(pipe: Pipeline, seg_rows: Sequence, z0):
+    """The whole forward pass: (loss, per-segment stacked layer inputs)."""
+    return run_segments(pipe.segments, seg_rows, z0)
 
 
 def loss(layers: Sequence, params: Sequence, z0: Any) -> jax.Array:
