@@ -19,9 +19,11 @@ through the ratio ``ρ = (loss − trial_loss) / pred``. A step is applied only 
 the model predicts a decrease, the loss does decrease and ``ρ ≥ accept_ratio``; otherwise the
 update is exactly zero. The damping ``λ`` then adapts:
 
-* ``damping="lm"`` (Levenberg-Marquardt; Moré 1978): ``λ`` grows by ``increase_factor`` when
-  the step is rejected or ``ρ < 0.25``, and shrinks by ``decrease_factor`` when ``ρ > 0.75`` and
-  the model is convex, within ``[min_damping, max_damping]``. With the probe (``probe_factor``,
+* ``damping="lm"`` (Levenberg-Marquardt): ``λ`` grows by ``increase_factor`` when the step is
+  rejected or ``ρ < 0.25``; otherwise it is multiplied by ``max(decrease_factor, 1 − (2ρ − 1)³)``
+  (Nielsen 1999; ``lm_update="nielsen"``, the default), or, with ``lm_update="threshold"``
+  (Moré 1978), by ``decrease_factor`` when ``ρ > 0.75`` and kept otherwise; it never falls while
+  the model is nonconvex, and stays within ``[min_damping, max_damping]``. With the probe (``probe_factor``,
   on by default), where classic LM would raise ``λ`` after a step from a convex model (a
   rejection or ``ρ < 0.25``) and the previous update was not rejected, the same update also
   tries ``λ · probe_factor`` and keeps the better accepted step (lower trial loss); the rule
@@ -63,6 +65,7 @@ from ._optax_health import Health
 
 CURVATURES = ("hessian", "ggn")
 DAMPINGS = ("lm", "trust_region")
+LM_UPDATES = ("nielsen", "threshold")
 METHODS = ("auto", "riccati", "dense", "gauss_newton")
 
 
@@ -169,9 +172,10 @@ def _damping_mode(damping, modes) -> str:
 
 
 def _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia):
-    """Validate what every transformation shares. ``lm``: ``(increase_factor, decrease_factor)``.
+    """Validate what every transformation shares. ``lm``: ``(increase_factor, decrease_factor,
+    lm_update)``.
 
-    Returns ``(min_damping, lm_rule)``: ``min_damping`` with its default (``1e-9`` for ``"lm"``,
+    Returns ``(min_damping, lm_kw)``: ``min_damping`` with its default (``1e-9`` for ``"lm"``,
     else ``0``), and the keyword arguments of :func:`~hessinv._optax_damping.lm_damping`."""
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
@@ -185,7 +189,9 @@ def _check_common(curvature, method, mode, init_damping, min_damping, max_dampin
         raise ValueError(
             f"need min_damping <= init_damping <= max_damping, got {min_damping}, {init_damping}, {max_damping}"
         )
-    increase_factor, decrease_factor = lm
+    increase_factor, decrease_factor, lm_update = lm
+    if lm_update not in LM_UPDATES:
+        raise ValueError(f"lm_update must be one of {LM_UPDATES}, got {lm_update!r}")
     if not increase_factor > 1:
         raise ValueError(f"increase_factor must be > 1, got {increase_factor}")
     if not 0 < decrease_factor < 1:
@@ -194,7 +200,7 @@ def _check_common(curvature, method, mode, init_damping, min_damping, max_dampin
         raise ValueError(f"accept_ratio must be in [0, 0.25), got {accept_ratio}")
     if not isinstance(inertia, bool):
         raise TypeError(f"inertia must be a bool, got {inertia!r}")
-    rule = dict(increase_factor=increase_factor, decrease_factor=decrease_factor)
+    rule = dict(increase_factor=increase_factor, decrease_factor=decrease_factor, update=lm_update)
     return min_damping, dict(rule, min_damping=min_damping, max_damping=max_damping)
 
 
@@ -315,6 +321,7 @@ def scale_by_newton(
     max_damping: float = 1e10,
     increase_factor: float = 4.0,
     decrease_factor: float = 1.0 / 3.0,
+    lm_update: str = "nielsen",
     probe_factor: float | None = 1e-3,
     accept_ratio: float = 1e-4,
     init_radius: float = 1.0,
@@ -354,8 +361,12 @@ def scale_by_newton(
       min_damping: the lower bound on ``λ``; defaults to ``1e-9`` for ``"lm"`` and ``0`` for
         ``"trust_region"``.
       max_damping: the upper bound on ``λ``.
-      increase_factor: LM's multiplier of ``λ`` on failure.
-      decrease_factor: LM's multiplier of ``λ`` on success.
+      increase_factor: LM's multiplier of ``λ`` on failure (a rejection or ``ρ < 0.25``).
+      decrease_factor: LM's smallest multiplier of ``λ`` on success.
+      lm_update: LM's rule after an accepted step with ``ρ ≥ 0.25``: ``"nielsen"`` multiplies
+        ``λ`` by ``max(decrease_factor, 1 − (2ρ − 1)³)`` (Nielsen 1999: 1 at ``ρ = ½``, smaller
+        the better the fit); ``"threshold"`` by ``decrease_factor`` when ``ρ > 0.75``, else 1
+        (Moré 1978). Neither lowers ``λ`` while the model is nonconvex.
       probe_factor: LM only. When a step at ``λ`` is rejected or has ``ρ < 0.25``, its model was
         convex, and the previous update was not rejected, the same update also tries
         ``λ · probe_factor`` (a second factorisation) and keeps the better accepted step; ``λ``
@@ -384,9 +395,9 @@ def scale_by_newton(
     """
     layers = _check_layers(layers)
     mode = _damping_mode(damping, DAMPINGS)
-    lm = (increase_factor, decrease_factor)
+    lm = (increase_factor, decrease_factor, lm_update)
     checked = _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia)
-    min_damping, lm_rule = checked
+    min_damping, lm_kw = checked
     _check_trust_region(probe_factor, init_radius, max_radius, tr_rtol, tr_max_iters)
     lam_floor = float(damping) if mode == "fixed" else min_damping  # λ > 0 allows the output space
     judging = dict(accept_ratio=accept_ratio, inertia=inertia)
@@ -422,7 +433,7 @@ def scale_by_newton(
             m = _optax_step.model(layers, pipe, params, z0, g, curvature)
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
             t, iters = _damped_trial(m, lam, state.rejections, route, probe, **judging)
-            lam_next = _optax_damping.lm_damping(t, lam, **lm_rule) if mode == "lm" else lam
+            lam_next = _optax_damping.lm_damping(t, lam, **lm_kw) if mode == "lm" else lam
             radius_next = state.radius
         new_state = ScaleByNewtonState(
             count=optax.safe_int32_increment(state.count),
@@ -561,6 +572,7 @@ def scale_by_stochastic_newton(
     max_damping: float = 1e10,
     increase_factor: float = 4.0,
     decrease_factor: float = 1.0 / 3.0,
+    lm_update: str = "nielsen",
     accept_ratio: float = 1e-4,
     inertia: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -604,8 +616,12 @@ def scale_by_stochastic_newton(
       init_damping: the first ``λ`` (``"lm"``).
       min_damping: the lower bound on ``λ``; defaults to ``1e-9`` for ``"lm"``.
       max_damping: the upper bound on ``λ``.
-      increase_factor: LM's multiplier of ``λ`` on failure.
-      decrease_factor: LM's multiplier of ``λ`` on success.
+      increase_factor: LM's multiplier of ``λ`` on failure (a rejection or ``ρ < 0.25``).
+      decrease_factor: LM's smallest multiplier of ``λ`` on success.
+      lm_update: LM's rule after an accepted step with ``ρ ≥ 0.25``: ``"nielsen"`` multiplies
+        ``λ`` by ``max(decrease_factor, 1 − (2ρ − 1)³)`` (Nielsen 1999: 1 at ``ρ = ½``, smaller
+        the better the fit); ``"threshold"`` by ``decrease_factor`` when ``ρ > 0.75``, else 1
+        (Moré 1978). Neither lowers ``λ`` while the model is nonconvex.
       accept_ratio: the smallest actual/predicted decrease ratio accepted.
       inertia: as in :func:`scale_by_newton` (checked when the factorisation is made).
 
@@ -614,9 +630,9 @@ def scale_by_stochastic_newton(
     """
     layers = _check_layers(layers)
     mode = _damping_mode(damping, ("lm",))
-    lm = (increase_factor, decrease_factor)
+    lm = (increase_factor, decrease_factor, lm_update)
     checked = _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia)
-    min_damping, lm_rule = checked
+    min_damping, lm_kw = checked
     if not (isinstance(refresh_every, int) and refresh_every >= 1):
         raise ValueError(f"refresh_every must be a positive int, got {refresh_every!r}")
     lam0 = float(damping) if mode == "fixed" else init_damping
@@ -639,7 +655,7 @@ def scale_by_stochastic_newton(
         F, health = _fresh_or_stored(m, route, lam, refresh, state, inertia)
         lam = F.damping  # the step's λ: the one the (possibly stored) factorisation was made at
         t = _optax_step.judge(m, lam, F.solve_rows(g), health, jnp.array(True), accept_ratio)
-        lam_next = _optax_damping.lm_damping(t, lam, **lm_rule) if mode == "lm" else lam
+        lam_next = _optax_damping.lm_damping(t, lam, **lm_kw) if mode == "lm" else lam
         refreshed = jnp.asarray(refresh, bool)
         new_state = ScaleByStochasticNewtonState(
             count=optax.safe_int32_increment(state.count),

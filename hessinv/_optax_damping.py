@@ -3,7 +3,8 @@
 Each rule is a pure function of the judged step (:class:`hessinv._optax_step.Trial`) and the
 hyperparameters, jit-able, with no host round trip:
 
-* :func:`lm_damping`: Levenberg-Marquardt's update of ``λ`` from the ratio ``ρ`` (Moré 1978);
+* :func:`lm_damping`: Levenberg-Marquardt's update of ``λ`` from the ratio ``ρ``, by Nielsen's
+  smooth rule (1999) or the threshold rule (Moré 1978);
 * :func:`lm_probe`: where LM would raise ``λ`` after a step from a convex model, try
   ``λ · probe_factor`` in the same update and keep the better step (docs/optax.md, "The probe");
 * :func:`trust_region_damping`: the ``λ`` whose step reaches the trust radius (Moré & Sorensen
@@ -31,15 +32,41 @@ def verdict(t):
     return good, ~t.accepted | (t.ratio < 0.25)
 
 
-def lm_damping(t, lam, *, increase_factor, decrease_factor, min_damping, max_damping):
+def nielsen_factor(ratio, decrease_factor):
+    """Nielsen's multiplier of ``λ`` after an accepted step with ratio ``ρ ≥ 0.25``:
+    ``max(decrease_factor, 1 − (2ρ − 1)³)``.
+
+    It is 1 at ``ρ = ½``, falls smoothly to ``decrease_factor`` as ``ρ → 1`` (``1/3`` by default,
+    reached at ``ρ ≈ 0.94``), and rises slightly below ``ρ = ½`` (``1.125`` at ``ρ = 0.25``).
+    A ratio above 1 (the loss fell more than the model predicted) counts as 1. Nielsen,
+    "Damping parameter in Marquardt's method", IMM-REP-1999-05, DTU (1999), eq. (2.9)."""
+    r = jnp.minimum(ratio, 1.0)
+    return jnp.maximum(decrease_factor, 1 - (2 * r - 1) ** 3)
+
+
+def lm_damping(t, lam, *, increase_factor, decrease_factor, min_damping, max_damping, update="nielsen"):
     """Levenberg-Marquardt's next ``λ``, in ``[min_damping, max_damping]``.
 
     Rejected (after the probe, if one was made): ``λ`` rises from ``lam``, the damping the update
-    started from. Accepted: the ratio rule from the damping of the step taken, ``t.damping``:
-    falls by ``decrease_factor`` when :func:`verdict` says good, rises by ``increase_factor``
-    when ``ρ < 0.25``, stays otherwise."""
+    started from. Accepted with ``ρ < 0.25``: it rises by ``increase_factor`` from the damping of
+    the step taken, ``t.damping``. Accepted with ``ρ ≥ 0.25``, from ``t.damping``:
+
+    * ``update="nielsen"``: multiplied by :func:`nielsen_factor` (never below 1 while the model
+      is nonconvex, see :func:`verdict`);
+    * ``update="threshold"`` (Moré 1978): multiplied by ``decrease_factor`` when :func:`verdict`
+      says good (``ρ > 0.75``, convex model), else unchanged.
+
+    The threshold rule keeps ``λ`` where it is for every ``ρ`` in ``[0.25, 0.75]``, and after a
+    good step takes the full ``decrease_factor`` even at ``ρ = 0.76``; Nielsen's falls by less
+    the worse the fit, so fewer steps land in the band and fewer fall out of it."""
     good, bad = verdict(t)
-    kept = jnp.where(good, t.damping * decrease_factor, jnp.where(bad, t.damping * increase_factor, t.damping))
+    if update == "nielsen":
+        factor = nielsen_factor(t.ratio, decrease_factor)
+        factor = jnp.where(t.health.positive_definite, factor, jnp.maximum(factor, 1.0))
+        fit = t.damping * factor
+    else:
+        fit = jnp.where(good, t.damping * decrease_factor, t.damping)
+    kept = jnp.where(bad, t.damping * increase_factor, fit)
     return jnp.clip(jnp.where(t.accepted, kept, lam * increase_factor), min_damping, max_damping)
 
 

@@ -415,8 +415,10 @@ def test_lm_probe_tries_a_smaller_damping_where_lm_would_raise_it(a, b, lam0, fi
     np.testing.assert_allclose(-_flat(updates), d_ref, rtol=1e-9, atol=1e-12)
     assert float(s.info.ratio) == pytest.approx(rho_ref, rel=1e-8)
     assert float(_loss(layers, new, z0)) - loss0 == pytest.approx(change_ref, rel=1e-8) and change_ref < 0
-    # The ratio rule, applied to the step kept: the probe's ρ = 0.45 keeps λ; a poor ρ raises it.
-    assert float(s.damping) == pytest.approx(lam_kept if 0.25 <= rho_ref <= 0.75 else 4 * lam_kept)
+    # The damping rule, applied to the step kept: Nielsen's factor for ρ ≥ 0.25 (1.001 at the
+    # probe's ρ = 0.45), ×4 for a poor ρ.
+    factor = max(1 / 3, 1 - (2 * min(rho_ref, 1) - 1) ** 3) if rho_ref >= 0.25 else 4.0
+    assert float(s.damping) == pytest.approx(lam_kept * factor, rel=1e-9)
 
 
 def test_lm_damping_falls_on_success():
@@ -426,6 +428,50 @@ def test_lm_damping_falls_on_success():
     assert bool(s.info.accepted) and float(s.info.ratio) > 0.75
     assert float(_loss(layers, new, z0)) < float(_loss(layers, params, z0))
     assert float(s.damping) == pytest.approx(0.5 * 0.25)
+
+
+def _lm_reference(rule, accepted, rho, pd, lam_step, lam, up=4.0, down=1 / 3):
+    """Levenberg-Marquardt's next λ, written out case by case."""
+    if not accepted:
+        return lam * up
+    if rho < 0.25:
+        return lam_step * up
+    if rule == "threshold":
+        return lam_step * (down if rho > 0.75 and pd else 1.0)
+    factor = max(down, 1 - (2 * min(rho, 1.0) - 1) ** 3)
+    return lam_step * (factor if pd else max(factor, 1.0))
+
+
+@pytest.mark.parametrize("rule", ["nielsen", "threshold"])
+def test_lm_damping_rules_case_by_case(rule):
+    from hessinv import _optax_damping, _optax_health, _optax_step
+
+    rhos = [-1.0, 0.0, 0.1, 0.2499, 0.25, 0.3, 0.5, 0.6, 0.75, 0.76, 0.9, 0.95, 1.0, 3.0]
+    for rho in rhos:
+        for accepted in (True, False):
+            for pd in (True, False):
+                health = _optax_health.Health(jnp.array(pd), jnp.array(0), jnp.array(1.0), jnp.array(True))
+                t = _optax_step.Trial(
+                    jnp.array(0.2), [], jnp.array(0.0), jnp.array(1.0), jnp.array(rho), jnp.array(accepted),
+                    jnp.array(1.0), health,
+                )  # fmt: skip
+                got = _optax_damping.lm_damping(
+                    t, jnp.array(2.0), increase_factor=4.0, decrease_factor=1 / 3, min_damping=1e-9,
+                    max_damping=1e10, update=rule,
+                )  # fmt: skip
+                want = _lm_reference(rule, accepted, rho, pd, 0.2, 2.0)
+                assert float(got) == pytest.approx(want, rel=1e-12), (rho, accepted, pd)
+    # Nielsen's factor: 1 at ρ = ½, 1.125 at ρ = 0.25, the floor from ρ ≈ 0.94.
+    f = _optax_damping.nielsen_factor
+    assert [float(f(jnp.array(r), 1 / 3)) for r in (0.5, 0.25, 0.95)] == pytest.approx([1.0, 1.125, 1 / 3])
+
+
+def test_lm_update_is_validated():
+    layers, _, _ = quadratic_problem(0)
+    with pytest.raises(ValueError, match="lm_update"):
+        scale_by_newton(layers, lm_update="moré")
+    with pytest.raises(ValueError, match="lm_update"):
+        hessinv.optax.stochastic_gauss_newton(layers, {}, lm_update=None)
 
 
 def test_lm_on_an_indefinite_hessian_never_increases_the_loss():
