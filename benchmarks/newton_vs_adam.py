@@ -222,12 +222,12 @@ def run_seed(args, seed, dt, targets):
     for name in args.second_order:
         method, damping = name.rsplit("_", 1)
         settings = dict(curvature="ggn" if method == "gauss_newton" else "hessian", learning_rate=1.0)
-        if damping.startswith("lm"):  # lmclassic: without the probe; lmthreshold: Moré's threshold rule
+        if damping.startswith("lm"):  # lmclassic: without the probe; lmnielsen: Nielsen's update
             settings |= dict(damping="lm", init_damping=args.init_damping)
             if damping == "lmclassic":
                 settings |= dict(probe_factor=None)
-            if damping == "lmthreshold":
-                settings |= dict(lm_update="threshold")
+            if damping == "lmnielsen":
+                settings |= dict(lm_update="nielsen")
         else:
             settings |= dict(damping="trust_region", init_radius=args.init_radius)
         opt = hessinv.optax.newton(layers, **settings)
@@ -386,12 +386,12 @@ def main():
             "newton_tr",
             "gauss_newton_lm",
             "gauss_newton_lmclassic",
-            "gauss_newton_lmthreshold",
+            "gauss_newton_lmnielsen",
             "gauss_newton_tr",
         ],
         help="second-order variants: method (newton = exact Hessian, gauss_newton = GGN) and damping "
-        "(lm; lmclassic = LM without the probe; lmthreshold = LM with the threshold rule instead of "
-        "Nielsen's; tr = trust region)",
+        "(lm; lmclassic = LM without the probe; lmnielsen = LM with Nielsen's damping update instead of "
+        "the threshold rule; tr = trust region)",
     )
     ap.add_argument(
         "--init-damping", type=float, default=0.01, help="LM's initial λ (1e-3 to 1 tried; see docs/optax.md)"

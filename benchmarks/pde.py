@@ -22,7 +22,7 @@ Methods, all from the same initialisation per seed, each in its documented optax
 one jitted call (compiled once, timed separately, excluded), ``block_until_ready`` after each:
 
 * ``gauss_newton``: ``hessinv.optax.gauss_newton(layers)``, the default LM damping rule;
-* ``gauss_newton_threshold``: the same with LM's threshold rule (``lm_update="threshold"``);
+* ``gauss_newton_nielsen``: the same with Nielsen's damping update (``lm_update="nielsen"``);
 * ``newton``: ``hessinv.optax.newton(layers)`` (exact Hessian, LM);
 * ``gauss_newton_tr``: ``hessinv.optax.gauss_newton(layers, damping="trust_region")`` (its
   search on auto's route: the dense Gauss-Newton matrix here, since its default ``λ`` floor
@@ -60,7 +60,7 @@ from . import common
 BETA = 1.0  # the boundary term's weight
 DOMAIN = (-1.0, 1.0)
 FIRST_ORDER = ("adam", "sgd_momentum")
-HESSINV = ("gauss_newton", "newton", "gauss_newton_tr", "gauss_newton_threshold")
+HESSINV = ("gauss_newton", "newton", "gauss_newton_tr", "gauss_newton_nielsen")
 
 
 # -- the problem -----------------------------------------------------------------------------------
@@ -192,8 +192,8 @@ def make_method(name, layers, z0, lr=None):
             opt = hessinv.optax.gauss_newton(layers)
         elif name == "newton":
             opt = hessinv.optax.newton(layers)
-        elif name == "gauss_newton_threshold":
-            opt = hessinv.optax.gauss_newton(layers, lm_update="threshold")
+        elif name == "gauss_newton_nielsen":
+            opt = hessinv.optax.gauss_newton(layers, lm_update="nielsen")
         else:
             opt = hessinv.optax.gauss_newton(layers, damping="trust_region")
 
@@ -628,7 +628,7 @@ def main(argv=None):
             "gauss_newton",
             "newton",
             "gauss_newton_tr",
-            "gauss_newton_threshold",
+            "gauss_newton_nielsen",
             "lbfgs_10",
             "lbfgs_50",
             "adam",

@@ -8,8 +8,8 @@ loss ``½ mean (f(x) − sin 3x₀)²``, 601 parameters, float64. Both optimiser
 documented optax loops, each step one jitted call, from the same initialisation, every program
 compiled before the timing (``optax.lbfgs``'s state changes type after its first update, so its
 step compiles twice): ``hessinv.optax.gauss_newton(layers)`` (Levenberg-Marquardt, default
-settings, on the route ``auto`` picks), the same with LM's threshold rule
-(``lm_update="threshold"``) instead of Nielsen's, the same with ``damping="trust_region"``, and
+settings, on the route ``auto`` picks), the same with Nielsen's damping update
+(``lm_update="nielsen"``) instead of the threshold rule, the same with ``damping="trust_region"``, and
 ``optax.lbfgs`` (memory 10 and 50, its default zoom line search); on ``--riccati-seeds`` also
 Gauss-Newton LM with the stage recursion forced (the route matters). Reported per method and
 target: the steps and wall-clock seconds (compilation excluded) to reach it, or the loss reached
@@ -84,7 +84,7 @@ def run(seeds=range(10), targets=(1e-3, 1e-4, 1e-6), riccati_seeds=(0,), write=T
         layers, params, z0 = regression(128, 8, 8, seed=seed, inputs=1)
         row = {"seed": seed, "auto_route": hessinv.route(layers, params, z0, damping=1e-3, curvature="ggn")}
         row["gauss_newton_lm"] = gauss_newton(layers, params, z0, "auto", targets)
-        row["gauss_newton_lm_threshold"] = gauss_newton(layers, params, z0, "auto", targets, lm_update="threshold")
+        row["gauss_newton_lm_nielsen"] = gauss_newton(layers, params, z0, "auto", targets, lm_update="nielsen")
         row["gauss_newton_tr"] = gauss_newton(layers, params, z0, "auto", targets, damping="trust_region")
         if seed in riccati_seeds:
             row["gauss_newton_lm_riccati"] = gauss_newton(

@@ -15,8 +15,8 @@ Methods, each in its documented optax loop, one jitted call per update (the batc
 inside it from the step number), ``block_until_ready`` after each:
 
 * ``hessinv.optax.stochastic_gauss_newton`` (learning rate 1) on batches of 64 with its
-  Levenberg-Marquardt damping from ``λ₀ = 0.01``, refactorising every update and every fourth
-  update; and on batches of 16 (a cheaper curvature: 160 outputs instead of 640) with a fixed
+  Levenberg-Marquardt damping from ``λ₀ = 0.01``, refactorising every update (with the default threshold
+  rule, and with Nielsen's damping update) and every fourth update; and on batches of 16 (a cheaper curvature: 160 outputs instead of 640) with a fixed
   damping from a grid (``--gn-dampings``), refactorising every update;
 * ``optax.adam`` and SGD with momentum 0.9, batches of 64, each over a learning-rate grid
   (Adam 1e-4 … 1e-2, which brackets its best rate; SGD 1e-3 … 3e-2).
@@ -167,6 +167,9 @@ def run_seed(args, seed, dt, checkpoints):
     lm = {"init_damping": args.init_damping}
     row = {
         "gauss_newton_lm_b64": gn(order, _gauss_newton(layers, train, 64, refresh_every=1, **lm), ["lm"]),
+        "gauss_newton_lm_b64_nielsen": gn(
+            order, _gauss_newton(layers, train, 64, refresh_every=1, lm_update="nielsen", **lm), ["lm"]
+        ),
         "gauss_newton_lm_b64_refresh4": gn(order, _gauss_newton(layers, train, 64, refresh_every=4, **lm), ["lm"]),
         "gauss_newton_b16": gn(order16, _gauss_newton(layers, train, 16, refresh_every=1), args.gn_dampings),
     }

@@ -20,10 +20,11 @@ the model predicts a decrease, the loss does decrease and ``ρ ≥ accept_ratio`
 update is exactly zero. The damping ``λ`` then adapts:
 
 * ``damping="lm"`` (Levenberg-Marquardt): ``λ`` grows by ``increase_factor`` when the step is
-  rejected or ``ρ < 0.25``; otherwise it is multiplied by ``max(decrease_factor, 1 − (2ρ − 1)³)``
-  (Nielsen 1999; ``lm_update="nielsen"``, the default), or, with ``lm_update="threshold"``
-  (Moré 1978), by ``decrease_factor`` when ``ρ > 0.75`` and kept otherwise; it never falls while
-  the model is nonconvex, and stays within ``[min_damping, max_damping]``. With the probe (``probe_factor``,
+  rejected or ``ρ < 0.25``; otherwise, by default (``lm_update="threshold"``, Moré 1978), it
+  shrinks by ``decrease_factor`` when ``ρ > 0.75`` and is kept for ``ρ`` in ``[0.25, 0.75]``,
+  or, with ``lm_update="nielsen"`` (Nielsen 1999), it is multiplied by
+  ``max(decrease_factor, 1 − (2ρ − 1)³)``; it never falls while the model is nonconvex, and
+  stays within ``[min_damping, max_damping]``. With the probe (``probe_factor``,
   on by default), where classic LM would raise ``λ`` after a step from a convex model (a
   rejection or ``ρ < 0.25``) and the previous update was not rejected, the same update also
   tries ``λ · probe_factor`` and keeps the better accepted step (lower trial loss); the rule
@@ -65,7 +66,7 @@ from ._optax_health import Health
 
 CURVATURES = ("hessian", "ggn")
 DAMPINGS = ("lm", "trust_region")
-LM_UPDATES = ("nielsen", "threshold")
+LM_UPDATES = ("threshold", "nielsen")
 METHODS = ("auto", "riccati", "dense", "gauss_newton")
 
 
@@ -321,7 +322,7 @@ def scale_by_newton(
     max_damping: float = 1e10,
     increase_factor: float = 4.0,
     decrease_factor: float = 1.0 / 3.0,
-    lm_update: str = "nielsen",
+    lm_update: str = "threshold",
     probe_factor: float | None = 1e-3,
     accept_ratio: float = 1e-4,
     init_radius: float = 1.0,
@@ -363,10 +364,11 @@ def scale_by_newton(
       max_damping: the upper bound on ``λ``.
       increase_factor: LM's multiplier of ``λ`` on failure (a rejection or ``ρ < 0.25``).
       decrease_factor: LM's smallest multiplier of ``λ`` on success.
-      lm_update: LM's rule after an accepted step with ``ρ ≥ 0.25``: ``"nielsen"`` multiplies
-        ``λ`` by ``max(decrease_factor, 1 − (2ρ − 1)³)`` (Nielsen 1999: 1 at ``ρ = ½``, smaller
-        the better the fit); ``"threshold"`` by ``decrease_factor`` when ``ρ > 0.75``, else 1
-        (Moré 1978). Neither lowers ``λ`` while the model is nonconvex.
+      lm_update: LM's rule after an accepted step with ``ρ ≥ 0.25``: ``"threshold"`` (the
+        default; Moré 1978) multiplies ``λ`` by ``decrease_factor`` when ``ρ > 0.75``, else by 1;
+        ``"nielsen"`` by ``max(decrease_factor, 1 − (2ρ − 1)³)`` (Nielsen 1999: 1 at ``ρ = ½``,
+        smaller the better the fit). Neither lowers ``λ`` while the model is nonconvex.
+        docs/optax.md ("The damping rule") compares them.
       probe_factor: LM only. When a step at ``λ`` is rejected or has ``ρ < 0.25``, its model was
         convex, and the previous update was not rejected, the same update also tries
         ``λ · probe_factor`` (a second factorisation) and keeps the better accepted step; ``λ``
@@ -572,7 +574,7 @@ def scale_by_stochastic_newton(
     max_damping: float = 1e10,
     increase_factor: float = 4.0,
     decrease_factor: float = 1.0 / 3.0,
-    lm_update: str = "nielsen",
+    lm_update: str = "threshold",
     accept_ratio: float = 1e-4,
     inertia: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -618,10 +620,11 @@ def scale_by_stochastic_newton(
       max_damping: the upper bound on ``λ``.
       increase_factor: LM's multiplier of ``λ`` on failure (a rejection or ``ρ < 0.25``).
       decrease_factor: LM's smallest multiplier of ``λ`` on success.
-      lm_update: LM's rule after an accepted step with ``ρ ≥ 0.25``: ``"nielsen"`` multiplies
-        ``λ`` by ``max(decrease_factor, 1 − (2ρ − 1)³)`` (Nielsen 1999: 1 at ``ρ = ½``, smaller
-        the better the fit); ``"threshold"`` by ``decrease_factor`` when ``ρ > 0.75``, else 1
-        (Moré 1978). Neither lowers ``λ`` while the model is nonconvex.
+      lm_update: LM's rule after an accepted step with ``ρ ≥ 0.25``: ``"threshold"`` (the
+        default; Moré 1978) multiplies ``λ`` by ``decrease_factor`` when ``ρ > 0.75``, else by 1;
+        ``"nielsen"`` by ``max(decrease_factor, 1 − (2ρ − 1)³)`` (Nielsen 1999: 1 at ``ρ = ½``,
+        smaller the better the fit). Neither lowers ``λ`` while the model is nonconvex.
+        docs/optax.md ("The damping rule") compares them.
       accept_ratio: the smallest actual/predicted decrease ratio accepted.
       inertia: as in :func:`scale_by_newton` (checked when the factorisation is made).
 

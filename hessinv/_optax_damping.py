@@ -44,17 +44,17 @@ def nielsen_factor(ratio, decrease_factor):
     return jnp.maximum(decrease_factor, 1 - (2 * r - 1) ** 3)
 
 
-def lm_damping(t, lam, *, increase_factor, decrease_factor, min_damping, max_damping, update="nielsen"):
+def lm_damping(t, lam, *, increase_factor, decrease_factor, min_damping, max_damping, update="threshold"):
     """Levenberg-Marquardt's next ``λ``, in ``[min_damping, max_damping]``.
 
     Rejected (after the probe, if one was made): ``λ`` rises from ``lam``, the damping the update
     started from. Accepted with ``ρ < 0.25``: it rises by ``increase_factor`` from the damping of
     the step taken, ``t.damping``. Accepted with ``ρ ≥ 0.25``, from ``t.damping``:
 
-    * ``update="nielsen"``: multiplied by :func:`nielsen_factor` (never below 1 while the model
-      is nonconvex, see :func:`verdict`);
     * ``update="threshold"`` (Moré 1978): multiplied by ``decrease_factor`` when :func:`verdict`
-      says good (``ρ > 0.75``, convex model), else unchanged.
+      says good (``ρ > 0.75``, convex model), else unchanged;
+    * ``update="nielsen"``: multiplied by :func:`nielsen_factor` (never below 1 while the model
+      is nonconvex, see :func:`verdict`).
 
     The threshold rule keeps ``λ`` where it is for every ``ρ`` in ``[0.25, 0.75]``, and after a
     good step takes the full ``decrease_factor`` even at ``ρ = 0.76``; Nielsen's falls by less
