@@ -41,7 +41,10 @@ class Machine(NamedTuple):
       hessian_rate: flop/s of the ``n`` vmapped forward-over-reverse passes that form a dense
         Hessian (on the CPU they run at about ``rate``).
       entry: seconds per entry of the ``a × a`` stage state per stage (the passes over ``S_l``
-        that no flop count sees: the stage recursion's memory traffic).
+        that no flop count sees: the stage recursion's memory traffic); the dense and
+        output-space routes pay it per entry of each matrix they factorise, once per
+        factorisation (at ``n ≈ 100`` a Cholesky takes about ten times its flops'
+        time: the smallest networks are decided by this term, not by flops).
       tangent: seconds per entry of those passes' tangents: ``n`` tangents of every activation,
         ``n Σ_l a_l`` numbers, which the vmapped passes write and read (memory traffic that no
         flop count sees; it dominates the dense Hessian at large batches).
@@ -152,10 +155,10 @@ def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> fl
             + 2 * m * m * n
             + 2 * m * n * n
         )
-        return (form + n**3 / 3 + 2 * n * n) / mach.rate + 10 * mach.step
+        return (form + n**3 / 3 + 2 * n * n) / mach.rate + n * n * mach.entry
     activations = sum(seg.n * seg.a_out for seg in pipe.segments)
     form = 4 * n * _forward(pipe.segments) / mach.hessian_rate + n * activations * mach.tangent
-    return form + (n**3 + 2 * n * n) / mach.rate
+    return form + (n**3 + 2 * n * n) / mach.rate + 2 * n * n * mach.entry
 
 
 def dense_bytes(pipe: _pipeline.Pipeline) -> float:
@@ -235,7 +238,7 @@ def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine
     if route == "gauss_newton":
         if curvature != "ggn" or 3 * m * n * itemsize > mach.dense_bytes:
             return math.inf
-        return gauss_newton_flops(pipe) / mach.rate + 10 * mach.step
+        return gauss_newton_flops(pipe) / mach.rate + m * m * mach.entry
     raise ValueError(route)
 
 
