@@ -3,8 +3,8 @@
 Each rule is a pure function of the judged step (:class:`hessinv._optax_step.Trial`) and the
 hyperparameters, jit-able, with no host round trip:
 
-* :func:`lm_damping`: Levenberg-Marquardt's update of ``λ`` from the ratio ``ρ``, by Nielsen's
-  smooth rule (1999) or the threshold rule (Moré 1978);
+* :func:`lm_damping`: Levenberg-Marquardt's update of ``λ`` from the ratio ``ρ``, by the
+  threshold rule (Moré 1978; the default) or Nielsen's smooth rule (1999);
 * :func:`lm_probe`: where LM would raise ``λ`` after a step from a convex model, try
   ``λ · probe_factor`` in the same update and keep the better step (docs/optax.md, "The probe");
 * :func:`trust_region_damping`: the ``λ`` whose step reaches the trust radius (Moré & Sorensen
