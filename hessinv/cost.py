@@ -10,7 +10,8 @@ with constants per backend (:class:`Machine`): chiefly ``rate``, the floating-po
 route's kernels reach, and ``step``, the fixed cost of one step of a sequential loop (a
 ``lax.scan`` iteration over a layer: kernel launches on an accelerator, thunk dispatch on a
 CPU), plus a few terms no flop count sees (the stage recursion's passes over its ``a × a``
-state, the dense Hessian's ``n``-wide passes). The CPU constants were fitted to the ``shapes``
+state, the dense Hessian's ``n``-wide passes, a pass over each matrix a dense route
+factorises). The CPU constants were fitted to the ``shapes``
 benchmark (``python -m benchmarks.run --suite shapes``, ``docs/performance.md``); replace
 ``MACHINES[backend]`` to override them, or force a route with ``method=``.
 
@@ -42,9 +43,8 @@ class Machine(NamedTuple):
         Hessian (on the CPU they run at about ``rate``).
       entry: seconds per entry of the ``a × a`` stage state per stage (the passes over ``S_l``
         that no flop count sees: the stage recursion's memory traffic); the dense and
-        output-space routes pay it per entry of each matrix they factorise, once per
-        factorisation (at ``n ≈ 100`` a Cholesky takes about ten times its flops'
-        time: the smallest networks are decided by this term, not by flops).
+        output-space routes pay it per entry of each matrix they factorise
+        (:func:`factorisations`).
       tangent: seconds per entry of those passes' tangents: ``n`` tangents of every activation,
         ``n Σ_l a_l`` numbers, which the vmapped passes write and read (memory traffic that no
         flop count sees; it dominates the dense Hessian at large batches).
@@ -141,10 +141,10 @@ def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> fl
       passes, at ``hessian_rate``, plus ``tangent`` per entry of their ``n Σ_l a_l`` activation
       tangents; it is indefinite
       away from a minimum, so it is charged the failing Cholesky and the LU fallback,
-      ``n³/3 + 2n³/3``;
+      ``n³/3 + 2n³/3`` and two :func:`factorisations`;
     * GGN: ``J`` by ``min(n, m)`` passes of the body (``m`` the network outputs), ``Hℓ`` by ``m``
       passes of the loss, ``Jᵀ (Hℓ J)`` by ``2 m² n + 2 m n²``; ``G + λI`` is positive definite,
-      so one Cholesky, ``n³/3``.
+      so one Cholesky, ``n³/3``, and one :func:`factorisations`.
     """
     n = _pipeline.n_params(pipe)
     if curvature == "ggn":
@@ -155,10 +155,18 @@ def dense_seconds(pipe: _pipeline.Pipeline, curvature: str, mach: Machine) -> fl
             + 2 * m * m * n
             + 2 * m * n * n
         )
-        return (form + n**3 / 3 + 2 * n * n) / mach.rate + n * n * mach.entry
+        return (form + n**3 / 3 + 2 * n * n) / mach.rate + factorisations(1, n, mach)
     activations = sum(seg.n * seg.a_out for seg in pipe.segments)
     form = 4 * n * _forward(pipe.segments) / mach.hessian_rate + n * activations * mach.tangent
-    return form + (n**3 + 2 * n * n) / mach.rate + 2 * n * n * mach.entry
+    return form + (n**3 + 2 * n * n) / mach.rate + factorisations(2, n, mach)
+
+
+def factorisations(count: int, size: int, mach: Machine) -> float:
+    """What ``count`` factorisations of a ``size × size`` matrix cost beyond their flops: one
+    pass over its entries each, at ``mach.entry`` an entry. Below ``size ≈ 300`` a LAPACK
+    factorisation runs far below the rate of products (a 105 × 105 Cholesky took about ten
+    times its flops' time on the CPU), and this term is what decides the smallest networks."""
+    return count * size * size * mach.entry
 
 
 def dense_bytes(pipe: _pipeline.Pipeline) -> float:
@@ -238,7 +246,7 @@ def estimate(pipe: _pipeline.Pipeline, curvature: str, route: str, mach: Machine
     if route == "gauss_newton":
         if curvature != "ggn" or 3 * m * n * itemsize > mach.dense_bytes:
             return math.inf
-        return gauss_newton_flops(pipe) / mach.rate + m * m * mach.entry
+        return gauss_newton_flops(pipe) / mach.rate + factorisations(1, m, mach)
     raise ValueError(route)
 
 

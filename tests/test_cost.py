@@ -43,7 +43,7 @@ def test_the_smallest_networks_are_charged_their_factorisations():
     assert r == "riccati" and _pipeline.n_params(pipe) == 105
     # the Gauss-Newton output space factorises a 4 × 4 matrix: the cheapest of the three
     assert choose(4, 4, 4, curvature="ggn")[0] == "gauss_newton"
-    # the same n at batch 16: forming the dense Hessian is still cheaper than 16 × 16 stages
+    # the same n at batch 16 (a = 64): forming the dense Hessian is cheaper than the recursion
     assert choose(16, 4, 4)[0] == "dense"
 
 
