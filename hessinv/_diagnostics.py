@@ -150,7 +150,11 @@ def raise_for(pipe, info: Info, what: str = "H + λI", need: str = "solve") -> N
     k = int(info.first_nonfinite_layer)
     if k >= 0:
         raise NonFiniteError(f"NaN or inf in the Jacobian blocks of {what}, first at {pipe.layer_name(k)}")
-    if not bool(info.ok if need == "solve" else info.factor_ok) and bool(np.isfinite(info.min_rcond)):
+    # A pivot is to blame only if one is singular, or if nothing else failed: NaN in a K_l or S_l
+    # leaves every pivot it reaches NaN (skipped by min_rcond), and those above it healthy.
+    failed = not bool(info.ok if need == "solve" else info.factor_ok)
+    blamed = bool(info.finite) or bool(info.min_rcond <= info.rcond_tol)
+    if failed and blamed and bool(np.isfinite(info.min_rcond)):
         k = int(info.worst_layer)
         raise SingularPivotError(
             f"the stage pivot of {pipe.layer_name(k)} is singular or numerically singular (reciprocal "

@@ -62,6 +62,24 @@ def test_nan_inside_jit_reported_by_info():
         hessinv._diagnostics.raise_for(hessinv._pipeline.build(layers, params, z0), info)
 
 
+def pow_layer(z, x):
+    """A ``|v|^1.5`` activation with ``v = 0`` at one entry: finite first derivatives (``A_l``,
+    ``B_l``), infinite second ones (``K_l``)."""
+    v = z["h"] @ x["W"] + x["c"]
+    return {"h": jnp.abs(v - v[0, 0]) ** 1.5, "y": z["y"]}
+
+
+def test_infinite_curvature_in_a_middle_layer_is_not_blamed_on_a_pivot():
+    """The pivots above the layer stay healthy and those below are NaN: that is a non-finite
+    block, not a singular pivot (which the healthy smallest rcond would wrongly name)."""
+    layers, params, z0 = mlp()
+    layers[1] = pow_layer
+    with pytest.raises(hessinv.NonFiniteError, match="second-derivative blocks"):
+        ihvp(layers, params, z0, like(params), damping=0.1)
+    with pytest.raises(hessinv.NonFiniteError):
+        factorize(layers, params, z0, damping=0.1)
+
+
 def test_singular_pivot_raises_naming_layer():
     layers, params, z0 = singular_pipeline()
     H = np.asarray(hessinv.hessian(layers, params, z0))
