@@ -156,28 +156,45 @@ def _assemble(blocks):
     return jnp.where(eye, blocks[:, :, None, :], 0).reshape(e * wo, e * wi)
 
 
-def _per_example_jacobian(seg: _pipeline.Segment, zin, rows, dt):
-    """``(M, ok)``: ``M_l`` as in :func:`jacobian`, its ``A_l`` from the coloured tangents, and
-    whether the probes proved every ``A_l`` of the rows block-diagonal."""
+def per_example_jacobian(seg: _pipeline.Segment, zin, rows, dt):
+    """``(A_blocks, B, ok)`` of every layer of a per-example segment: ``A_l``'s diagonal blocks
+    ``(n, e, w_out, w_in)`` from the coloured tangents, ``B_l`` ``(n, a_out, p)``, and whether
+    the probes proved every ``A_l`` of the rows block-diagonal (else the blocks are not ``A_l``)."""
     T, masks = _tangents(seg, dt)
 
     def jac(zin, row):
         F, (z, *xs) = _layer_of_parts(seg, zin, row, dt)
         out = jax.vmap(lambda t: jax.jvp(lambda z: F(z, *xs), (z,), (t,))[1])(T)
         blocks, ok = _split_coloured(seg, out, masks)
-        parts = [_assemble(blocks)]
+        B = jnp.zeros((seg.a_out, 0), dt)
         if xs:
             mode = jax.jacrev if seg.a_out < seg.p else jax.jacfwd
-            parts += mode(lambda *xs: F(z, *xs), argnums=tuple(range(len(xs))))(*xs)
-        return jnp.concatenate(parts, axis=1), ok
+            B = jnp.concatenate(mode(lambda *xs: F(z, *xs), argnums=tuple(range(len(xs))))(*xs), axis=1)
+        return blocks, B, ok
 
-    M, ok = jax.vmap(jac)(zin, rows)
-    return M, jnp.all(ok)
+    blocks, B, ok = jax.vmap(jac)(zin, rows)
+    return blocks, B, jnp.all(ok)
 
 
-def _per_example_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
-    """``(K, ok)``: ``K_l`` as in :func:`second_derivatives`, its z-z part from the coloured
-    tangents (forward over reverse), its x columns from one tangent per parameter."""
+def _per_example_jacobian(seg: _pipeline.Segment, zin, rows, dt):
+    """``(M, ok)``: ``M_l`` as in :func:`jacobian`, its ``A_l`` assembled from
+    :func:`per_example_jacobian`'s blocks."""
+    blocks, B, ok = per_example_jacobian(seg, zin, rows, dt)
+    return jnp.concatenate([jax.vmap(_assemble)(blocks), B], axis=2), ok
+
+
+class PerExampleK(NamedTuple):
+    """``K_l`` of per-example layers, stacked over ``n`` layers: its z-z part by diagonal blocks."""
+
+    zz: jax.Array  # (n, e, w_in, w_in) the diagonal blocks of K_zz
+    xz: jax.Array  # (n, p, a_in)
+    xx: jax.Array  # (n, p, p)
+
+
+def per_example_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
+    """``(K, ok)``: ``K_l`` as in :func:`second_derivatives` as a :class:`PerExampleK`, its z-z
+    blocks from the coloured tangents (forward over reverse), its x columns from one tangent per
+    parameter; ``ok``: the probes proved every ``K_zz`` block-diagonal."""
     T, masks = _tangents(seg, dt)
     a_in, p = seg.a_in, seg.p
 
@@ -191,20 +208,29 @@ def _per_example_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
             return jax.jvp(g, ps, (t,) + zeros[1:])[1][0]
 
         blocks, ok = _split_coloured(seg, jax.vmap(hvp_z)(T), masks)
-        K_zz = _assemble(blocks)
         if p == 0:
-            return K_zz, ok
+            return PerExampleK(blocks, jnp.zeros((0, a_in), dt), jnp.zeros((0, 0), dt)), ok
         sizes = np.cumsum([x.size for x in ps[1:]])[:-1]
 
         def hvp_x(t):
             return jnp.concatenate(jax.jvp(g, ps, (zeros[0],) + tuple(jnp.split(t, sizes)))[1])
 
         cols = jax.vmap(hvp_x)(jnp.eye(p, dtype=dt))  # (p, a_in + p): rows [K_xz K_xx]
-        K_xz, K_xx = cols[:, :a_in], cols[:, a_in:]
-        return jnp.block([[K_zz, K_xz.T], [K_xz, K_xx]]), ok
+        return PerExampleK(blocks, cols[:, :a_in], cols[:, a_in:]), ok
 
     K, ok = jax.vmap(hess)(zin, rows, b)
     return K, jnp.all(ok)
+
+
+def _per_example_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
+    """``(K, ok)``: ``K_l`` as in :func:`second_derivatives`, assembled from
+    :func:`per_example_second_derivatives`' parts."""
+    K, ok = per_example_second_derivatives(seg, zin, rows, b, dt)
+
+    def dense(K):
+        return jnp.block([[_assemble(K.zz), K.xz.T], [K.xz, K.xx]])
+
+    return jax.vmap(dense)(K), ok
 
 
 def jacobian(seg: _pipeline.Segment, zin, rows, dt):

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _blocks, _pipeline, _stage
 from ._diagnostics import Info, make_info
-from ._riccati import stage_step
+from ._riccati import pivot_step, stage_step
 
 #: Bytes of blocks per chunk, and the most layers in one: small enough for a chunk's blocks to
 #: stay in the cache, large enough for the vmapped block computations to be efficient (the
@@ -83,20 +83,22 @@ def _step(seg, lam, with_K, keep_pivot):
 
 
 def _chunk(pipe, j, curvature, lam, keep_pivot):
-    """A run of layers of segment ``j``, top down: their blocks (batched), then the recursion."""
+    """A run of layers of segment ``j``, top down: their blocks (batched), then the recursion.
+    A segment whose layers may act per example (:func:`hessinv._stage.batch_blocks`) runs
+    :func:`_per_example_chunk`, with this dense run only where its probes fail."""
     seg, dt = pipe.segments[j], pipe.dtype
     with_K = _blocks.has_K(pipe, j, curvature)
     step = _step(seg, lam, with_K, keep_pivot)
 
-    def run(carry, xs):
+    def run(carry, xs, jacobian=_blocks.jacobian, second_derivatives=_blocks.second_derivatives):
         S, s, b = carry
         zin, rows, g = xs
         n = rows.shape[0]
-        M = _blocks.jacobian(seg, zin, rows, dt)
+        M = jacobian(seg, zin, rows, dt)
         A, B = M[:, :, : seg.a_in], M[:, :, seg.a_in :]
         # b_l for this run of layers from the b above it: b_{l-1} = A_lᵀ b_l.
         b, bs = _pipeline.scan(lambda b, A: (A.T @ b, b), b, A, n, reverse=True)
-        K = _blocks.second_derivatives(seg, zin, rows, bs, dt) if with_K else jnp.zeros((n, 0, 0), dt)
+        K = second_derivatives(seg, zin, rows, bs, dt) if with_K else jnp.zeros((n, 0, 0), dt)
         diag, is_block = _stage.diagonal_blocks(seg, A)
         (S, s), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (M, K, g, diag, is_block), n, reverse=True)
         finite_AB = jnp.all(jnp.isfinite(M), axis=(1, 2))
@@ -105,6 +107,54 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
         else:
             out = _Out(A - B @ G, jnp.einsum("nap,np->na", B, k), G, k, Q_uu, finite_AB)
         return (S, s, b), out
+
+    if _stage.batch_blocks(seg) is None:
+        return run
+
+    def dense(carry, xs):  # the probes failed: A_l or K_zz couples examples
+        return run(carry, xs, _blocks._dense_jacobian, _blocks._dense_second_derivatives)
+
+    return _per_example_chunk(seg, dt, with_K, lam, keep_pivot, dense)
+
+
+def _per_example_chunk(seg, dt, with_K, lam, keep_pivot, dense):
+    """:func:`_chunk` for a segment whose layers may act per example, with ``A_l`` and ``K_l``'s
+    z-z part kept as their diagonal blocks from end to end (:func:`hessinv._blocks.per_example_jacobian`,
+    :func:`hessinv._stage.Q_parts_per_example`): no ``a × a`` matrix but ``S_l`` and ``Q_zz`` is
+    formed, where the dense run writes and reads ``A_l``, ``M_l`` and ``K_l`` several times a
+    layer. Taken only where the probes prove every layer of the run per-example; ``dense``
+    (``lax.cond``: one branch runs) otherwise."""
+
+    def step(carry, xs):
+        S, s = carry
+        Ab, B, K, g = xs
+        q_u = B.T @ s - g
+        parts = _stage.Q_parts_per_example(S, Ab, B, K if with_K else None)
+        S_prev, Q_uu, _, _, G, k = pivot_step(seg, parts, lam, q_u)
+        s_prev = _stage.block_matvec(Ab, s, transpose=True) - G.T @ q_u
+        return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), dt))
+
+    def run(carry, xs):
+        S, s, b = carry
+        zin, rows, g = xs
+        n = rows.shape[0]
+        Ab, B, ok = _blocks.per_example_jacobian(seg, zin, rows, dt)
+        b_prev, bs = _pipeline.scan(
+            lambda b, Ab: (_stage.block_matvec(Ab, b, transpose=True), b), b, Ab, n, reverse=True
+        )
+        if with_K:
+            K, ok_K = _blocks.per_example_second_derivatives(seg, zin, rows, bs, dt)
+            ok = ok & ok_K
+        else:
+            K = jnp.zeros((n, 0), dt)
+
+        def structured():
+            (S_prev, s_prev), (G, k, Q_uu) = _pipeline.scan(step, (S, s), (Ab, B, K, g), n, reverse=True)
+            finite_AB = jnp.all(jnp.isfinite(Ab), axis=(1, 2, 3)) & jnp.all(jnp.isfinite(B), axis=(1, 2))
+            out = _Out(jnp.zeros((n, 0, 0), dt), jnp.zeros((n, 0), dt), G, k, Q_uu, finite_AB)
+            return (S_prev, s_prev, b_prev), out
+
+        return jax.lax.cond(ok, structured, lambda: dense(carry, xs))
 
     return run
 

@@ -79,8 +79,14 @@ def stage_step(seg, S, M, K, diag, is_block, lam, q=None):
     layer (a loss head) has no pivot: the state just propagates.
 
     Returns ``(S_{l-1}, Q_uu, lu, pivots, G, k)`` (``k = 0`` without ``q``)."""
+    return pivot_step(seg, _stage.Q_parts(S, M, K, seg.a_in, diag, is_block), lam, q)
+
+
+def pivot_step(seg, parts, lam, q=None):
+    """:func:`stage_step` from the blocks ``(Q_zz, Q_uz, Q_uu)`` of ``Q`` (however they were
+    formed: :func:`hessinv._stage.Q_parts`, :func:`hessinv._stage.Q_parts_per_example`)."""
     p, a_in = seg.p, seg.a_in
-    Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a_in, diag, is_block)
+    Q_zz, Q_uz, Q_uu = parts
     dt = Q_zz.dtype
     if p == 0:
         empty = jnp.zeros((0, 0), dt)

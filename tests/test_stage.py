@@ -14,7 +14,7 @@ import hessinv
 # These tests are about the stage recursion: pin it (method="auto" may pick another route).
 ihvp = functools.partial(hessinv.ihvp, method="riccati")
 factorize = functools.partial(hessinv.factorize, method="riccati")
-from hessinv import _blocks, _pipeline, _stage
+from hessinv import _blocks, _oneshot, _pipeline, _stage
 
 
 def batch_mix(z, x):
@@ -189,3 +189,53 @@ def test_factorization_of_large_layers_matches_dense(every_layer_large, curvatur
     sign, logabs = F.logdet()
     s_ref, l_ref = np.linalg.slogdet(A)
     assert float(sign) == s_ref and abs(float(logabs) - l_ref) < 1e-9 * max(1.0, abs(l_ref))
+
+
+def _soft(z, x):
+    """A parameter-free layer that acts on each example on its own (p = 0)."""
+    return {"h": jnp.tanh(z["h"]), "y": z["y"]}
+
+
+@pytest.fixture
+def dense_run_poisoned(monkeypatch):
+    """The dense run of a per-example segment in the one-pass ``ihvp`` (taken only where a
+    support probe fails) returns NaN. Traces are dropped before and after."""
+    jax.clear_caches()
+    per_example_chunk = _oneshot._per_example_chunk
+
+    def poisoned(*args):
+        *rest, dense = args
+
+        def nan(carry, xs):
+            out = dense(carry, xs)
+            return jax.tree.map(lambda a: a * jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else a, out)
+
+        return per_example_chunk(*rest, nan)
+
+    monkeypatch.setattr(_oneshot, "_per_example_chunk", poisoned)
+    yield
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_one_pass_reads_the_diagonal_blocks_where_the_probes_pass(dense_run_poisoned, curvature):
+    """Through a per-example segment the one-pass ``ihvp`` reads ``A_l`` and ``K_l``'s z-z part
+    as their diagonal blocks and takes the dense run only where a probe fails: with that run
+    poisoned, per-example pipelines (a parameter-free layer among them) still get the dense
+    reference's answer, and pipelines that couple examples fail loudly."""
+    for block, per_example in ((residual, True), (batch_mix, False), (pair_mix, False)):
+        layers, params, z0 = stacked(depth=4, w=4, B=32, block=block)
+        layers, params = layers[:2] + [_soft] + layers[2:], params[:2] + [{}] + params[2:]
+        if curvature == "ggn":
+            layers, params = separate_loss(layers, params)
+        g = like(params, seed=5)
+        if not per_example:
+            with pytest.raises(hessinv.NonFiniteError):
+                ihvp(layers, params, z0, g, damping=0.2, curvature=curvature)
+            continue
+        ref = ref_ggn if curvature == "ggn" else ref_hessian
+        C = np.asarray(jax.jit(lambda p: ref(layers, p, z0))(params)) + 0.2 * np.eye(flat(params).size)
+        assert np.linalg.cond(C) < 1e5
+        x = flat(ihvp(layers, params, z0, g, damping=0.2, curvature=curvature))
+        assert rel_err(x, np.linalg.solve(C, flat(g))) < 1e-10
