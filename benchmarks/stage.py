@@ -7,8 +7,8 @@
 A stage's time is measured by difference: the jitted stage-recursion ``ihvp`` (``method=
 "riccati"``, Hessian and Gauss-Newton) of the ``shapes`` regression network at two depths,
 ``(t(L2) − t(L1)) / (L2 − L1)``, so the forward pass, the head and the call overhead cancel.
-Beside it, in the same process, the stage's dominant products are timed as plain ``jnp``
-matmuls on arrays of the same shapes (``S B``, ``Bᵀ S B``, ``Aᵀ S A`` and ``Aᵀ S B`` with a
+Beside it, in the same process and timed in turn with them (the minimum of ten rounds each),
+the stage's dominant products are timed as plain ``jnp`` matmuls on arrays of the same shapes (``S B``, ``Bᵀ S B``, ``Aᵀ S A`` and ``Aᵀ S B`` with a
 batch-block-diagonal ``A``, the ``S`` update ``½ (Q_uzᵀ G + Gᵀ Q_uz)`` and the pivot LU): the
 rate the machine reaches on this work. Reported: both times, their ratio, and GFLOP/s of the
 products' flops in each. Writes ``results/stage_<platform>.json``.
@@ -32,6 +32,7 @@ from . import common
 from .shapes import regression
 
 DAMPING = 1e-3
+ROUNDS = 10
 
 
 def _jet_first(z, x):
@@ -95,31 +96,35 @@ def products(a: int, w: int, p: int, dtype=jnp.float64):
     return stage, (S, B, blocks)
 
 
-def stage_time(batch: int, width: int, curvature: str, depths=(8, 24), network="mlp"):
-    times = []
-    for d in depths:
-        layers, params, z0 = NETWORKS[network][0](batch, width, d)
-        g = jax.tree.map(jnp.ones_like, params)
+def _ihvp(batch: int, width: int, depth: int, curvature: str, network: str):
+    """The jitted stage-recursion ``ihvp`` of the benchmark network, compiled, and its arguments."""
+    layers, params, z0 = NETWORKS[network][0](batch, width, depth)
+    g = jax.tree.map(jnp.ones_like, params)
 
-        def f(p, z, g):
-            return hessinv.ihvp(layers, p, z, g, damping=DAMPING, curvature=curvature, method="riccati")
+    def f(p, z, g):
+        return hessinv.ihvp(layers, p, z, g, damping=DAMPING, curvature=curvature, method="riccati")
 
-        t, _ = common.bench(f, params, z0, g, repeats=5)
-        times.append(t["min_s"])
-    return (times[1] - times[0]) / (depths[1] - depths[0]), times
+    return common.compile_fn(f, params, z0, g)[0], (params, z0, g)
 
 
-def run(batches=(64, 128), widths=(8,), write=True, network="mlp"):
+def run(batches=(64, 128), widths=(8,), write=True, network="mlp", depths=(8, 24), rounds=ROUNDS):
     rows = []
     leaves = NETWORKS[network][1]
     for b in batches:
         for w in widths:
             a, p = b * w * leaves, w * w + w
             fn, args = products(a, w * leaves, p)
-            t_prod, _ = common.bench(fn, *args, repeats=10)
+            calls = {"products": (common.compile_fn(fn, *args)[0], args)}
+            for curv in ("hessian", "ggn"):
+                for d in depths:
+                    calls[curv, d] = _ihvp(b, w, d, curv, network)
+            # every program in turn, round after round: a change of load touches them all alike
+            t = common.time_interleaved(calls, rounds=rounds)
+            t_prod = t["products"]["min_s"]
             fl = product_flops(a, w * leaves, p)
             for curv in ("hessian", "ggn"):
-                t_stage, raw = stage_time(b, w, curv, network=network)
+                raw = [t[curv, d]["min_s"] for d in depths]
+                t_stage = (raw[1] - raw[0]) / (depths[1] - depths[0])
                 row = {
                     "network": network,
                     "batch": b,
@@ -128,20 +133,21 @@ def run(batches=(64, 128), widths=(8,), write=True, network="mlp"):
                     "p": p,
                     "curvature": curv,
                     "stage_s": t_stage,
-                    "products_s": t_prod["min_s"],
-                    "stage_over_products": t_stage / t_prod["min_s"],
-                    "products_gflops": fl / t_prod["min_s"] / 1e9,
+                    "products_s": t_prod,
+                    "stage_over_products": t_stage / t_prod,
+                    "products_gflops": fl / t_prod / 1e9,
                     "stage_gflops": fl / t_stage / 1e9,
                     "ihvp_depths_s": raw,
                 }
                 rows.append(row)
                 print(
                     f"a={a:5d} p={p:4d} {curv:7s} stage {t_stage * 1e3:7.2f} ms ({row['stage_gflops']:.1f} GFLOP/s) "
-                    f"products {t_prod['min_s'] * 1e3:6.2f} ms ({row['products_gflops']:.1f} GFLOP/s) "
+                    f"products {t_prod * 1e3:6.2f} ms ({row['products_gflops']:.1f} GFLOP/s) "
                     f"ratio {row['stage_over_products']:.1f}",
                     flush=True,
                 )
-    out = {"meta": common.machine() | {"damping": DAMPING, "timing": "min of 5 (stage), 10 (products)"}, "rows": rows}
+    timing = f"min of {rounds} rounds, the ihvp at depths {depths[0]} and {depths[1]} and the products timed in turn"
+    out = {"meta": common.machine() | {"damping": DAMPING, "timing": timing}, "rows": rows}
     if write:
         common.write_json(out, "stage" if network == "mlp" else f"stage_{network}")
     return out
@@ -152,10 +158,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=(64, 128))
     ap.add_argument("--width", type=int, nargs="+", default=(8,))
     ap.add_argument("--network", choices=sorted(NETWORKS), default="mlp")
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    run(tuple(a.batch), tuple(a.width), write=not a.no_write, network=a.network)
+    run(tuple(a.batch), tuple(a.width), write=not a.no_write, network=a.network, rounds=a.rounds)
 
 
 if __name__ == "__main__":
