@@ -86,7 +86,9 @@ def _layer_of_parts(seg: _pipeline.Segment, zin, row, dt):
     return F, z_parts + x_parts
 
 
-def _dense_jacobian(seg: _pipeline.Segment, zin, rows, dt):
+def dense_jacobian(seg: _pipeline.Segment, zin, rows, dt):
+    """``M_l = [A_l B_l]`` of every row by ``min(a_out, a_in + p)`` passes: any layer."""
+
     def jac(zin, row):
         F, ps = _layer_of_parts(seg, zin, row, dt)
         if not ps:
@@ -98,7 +100,9 @@ def _dense_jacobian(seg: _pipeline.Segment, zin, rows, dt):
     return jax.vmap(jac)(zin, rows)
 
 
-def _dense_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
+def dense_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
+    """``K_l`` of every row by ``a_in + p`` reverse-over-reverse passes: any layer."""
+
     def hess(zin, row, b):
         F, ps = _layer_of_parts(seg, zin, row, dt)
         if not ps:
@@ -237,9 +241,9 @@ def jacobian(seg: _pipeline.Segment, zin, rows, dt):
     """``M_l = [A_l B_l]`` ``(n, a_out, a_in + p)`` of every layer of a segment (or of a chunk
     of it), vmapped over the rows; for a per-example layer from ``w_in`` tangents, not ``a_in``."""
     if _stage.batch_blocks(seg) is None:
-        return _dense_jacobian(seg, zin, rows, dt)
+        return dense_jacobian(seg, zin, rows, dt)
     M, ok = _per_example_jacobian(seg, zin, rows, dt)
-    return jax.lax.cond(ok, lambda: M, lambda: _dense_jacobian(seg, zin, rows, dt))
+    return jax.lax.cond(ok, lambda: M, lambda: dense_jacobian(seg, zin, rows, dt))
 
 
 def jacobians(seg: _pipeline.Segment, zin, rows, dt):
@@ -252,9 +256,9 @@ def second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
     """``K_l = ∇²_u (b_l · f_l)(u)`` at ``u = (z_{l-1}, x_l)`` for every row, vmapped; for a
     per-example layer from ``w_in + p`` tangents, not ``a_in + p``."""
     if _stage.batch_blocks(seg) is None:
-        return _dense_second_derivatives(seg, zin, rows, b, dt)
+        return dense_second_derivatives(seg, zin, rows, b, dt)
     K, ok = _per_example_second_derivatives(seg, zin, rows, b, dt)
-    return jax.lax.cond(ok, lambda: K, lambda: _dense_second_derivatives(seg, zin, rows, b, dt))
+    return jax.lax.cond(ok, lambda: K, lambda: dense_second_derivatives(seg, zin, rows, b, dt))
 
 
 def check_curvature(pipe: _pipeline.Pipeline, curvature: str) -> None:

@@ -8,7 +8,8 @@ factorisation needs them (``matvec``, ``logdet``, many solves). A single solve d
   ``A, B, K`` (vmapped), then runs the factorisation step *and* the backward solve step of
   MATH.md section 3 layer by layer, and keeps only what the forward pass needs
   (``A_l − B_l G_l``, ``B_l k_l``, ``G_l``, ``k_l``; for a large layer only ``G_l``, ``k_l``,
-  see :func:`hessinv._stage.is_large`);
+  see :func:`hessinv._stage.is_large`); through a segment of per-example layers the chunk's
+  ``A_l`` and ``K_l``'s z-z part stay their diagonal blocks throughout (:func:`_per_example_chunk`);
 * the forward pass is the same closed-loop scan as :meth:`Factorization.solve_rows` (for a large
   layer, ``dz_l = A_l dz_{l-1} + B_l dx_l`` is a jvp of the layer instead).
 
@@ -112,7 +113,7 @@ def _chunk(pipe, j, curvature, lam, keep_pivot):
         return run
 
     def dense(carry, xs):  # the probes failed: A_l or K_zz couples examples
-        return run(carry, xs, _blocks._dense_jacobian, _blocks._dense_second_derivatives)
+        return run(carry, xs, _blocks.dense_jacobian, _blocks.dense_second_derivatives)
 
     return _per_example_chunk(seg, dt, with_K, lam, keep_pivot, dense)
 

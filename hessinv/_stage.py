@@ -16,6 +16,7 @@ otherwise (``lax.cond``: only one branch runs). The answer never depends on the 
 The blocks themselves are formed the same way (:mod:`hessinv._blocks`): for a candidate layer,
 ``A_l`` and the z-z part of ``K_l`` come from ``w_in`` tangents repeated in every example
 instead of ``a_in`` one-hot ones, behind probes that prove the layer per-example at this point.
+Where the probes pass, the one-pass ``ihvp`` never assembles them (:func:`Q_parts_per_example`).
 """
 
 from __future__ import annotations

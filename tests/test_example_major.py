@@ -121,8 +121,8 @@ def test_block_structure_is_proved_only_where_it_holds(block, proved):
     pipe = blk.pipe
     rows = _pipeline.rows(pipe, params)
     zin = _pipeline.forward(pipe, rows, z0)[1][1]
-    M_dense = _blocks._dense_jacobian(seg, zin, rows[1], jnp.float64)
-    K_dense = _blocks._dense_second_derivatives(seg, zin, rows[1], sb.b, jnp.float64)
+    M_dense = _blocks.dense_jacobian(seg, zin, rows[1], jnp.float64)
+    K_dense = _blocks.dense_second_derivatives(seg, zin, rows[1], sb.b, jnp.float64)
     np.testing.assert_allclose(jnp.concatenate([sb.A, sb.B], axis=2), M_dense, rtol=0, atol=1e-13)
     np.testing.assert_allclose(sb.K, K_dense, rtol=0, atol=1e-12 * float(jnp.abs(K_dense).max()))
 

@@ -91,8 +91,8 @@ def test_coloured_blocks_equal_dense_and_probes_refuse_coupling(block, A_ok, K_o
     b = jax.random.normal(jax.random.PRNGKey(4), (seg.n, seg.a_out))
     M, ok_M = _blocks._per_example_jacobian(seg, zin, r, jnp.float64)
     K, ok_K = _blocks._per_example_second_derivatives(seg, zin, r, b, jnp.float64)
-    M_dense = _blocks._dense_jacobian(seg, zin, r, jnp.float64)
-    K_dense = _blocks._dense_second_derivatives(seg, zin, r, b, jnp.float64)
+    M_dense = _blocks.dense_jacobian(seg, zin, r, jnp.float64)
+    K_dense = _blocks.dense_second_derivatives(seg, zin, r, b, jnp.float64)
     assert (bool(ok_M), bool(ok_K)) == (A_ok, K_ok)
     if A_ok:
         np.testing.assert_allclose(M, M_dense, rtol=0, atol=1e-14 * float(jnp.abs(M_dense).max()))
