@@ -131,7 +131,8 @@ def _per_example_chunk(seg, dt, with_K, lam, keep_pivot, dense):
         Ab, B, K, g = xs
         q_u = B.T @ s - g
         parts = _stage.Q_parts_per_example(S, Ab, B, K if with_K else None)
-        S_prev, Q_uu, _, _, G, k = pivot_step(seg, parts, lam, q_u)
+        S_prev, Q_uu, _, _, G, k = pivot_step(seg, parts, lam, q_u[:, None])
+        k = k[:, 0]
         s_prev = _stage.block_matvec(Ab, s, transpose=True) - G.T @ q_u
         return (S_prev, s_prev), (G, k, Q_uu if keep_pivot else jnp.zeros((0, 0), dt))
 

@@ -79,23 +79,29 @@ def stage_step(seg, S, M, K, diag, is_block, lam, q=None):
     layer (a loss head) has no pivot: the state just propagates.
 
     Returns ``(S_{l-1}, Q_uu, lu, pivots, G, k)`` (``k = 0`` without ``q``)."""
-    return pivot_step(seg, _stage.Q_parts(S, M, K, seg.a_in, diag, is_block), lam, q)
+    parts = _stage.Q_parts(S, M, K, seg.a_in, diag, is_block)
+    S_prev, Q_uu, lu, piv, G, k = pivot_step(seg, parts, lam, None if q is None else q[:, None])
+    return S_prev, Q_uu, lu, piv, G, jnp.zeros((seg.p,), G.dtype) if q is None else k[:, 0]
 
 
-def pivot_step(seg, parts, lam, q=None):
+def pivot_step(seg, parts, lam, X=None):
     """:func:`stage_step` from the blocks ``(Q_zz, Q_uz, Q_uu)`` of ``Q`` (however they were
-    formed: :func:`hessinv._stage.Q_parts`, :func:`hessinv._stage.Q_parts_per_example`)."""
+    formed: :func:`hessinv._stage.Q_parts`, :func:`hessinv._stage.Q_parts_per_example`). With
+    ``X`` (``(p, k)`` further columns: the one-pass solve's ``q``, the sharded route's
+    ``B_lᵀ N_l``) the LU that gives ``G`` also gives ``Y = Q_uu^{-1} X``.
+
+    Returns ``(S_{l-1}, Q_uu, lu, pivots, G, Y)`` (``Y`` is ``(p, 0)`` without ``X``)."""
     p, a_in = seg.p, seg.a_in
     Q_zz, Q_uz, Q_uu = parts
     dt = Q_zz.dtype
-    if p == 0:
+    k = 0 if X is None else X.shape[1]
+    if p == 0:  # a parameter-free layer (a loss head) has no pivot: the state just propagates
         empty = jnp.zeros((0, 0), dt)
-        return sym(Q_zz), empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), jnp.zeros((0,), dt)
+        return sym(Q_zz), empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), jnp.zeros((0, k), dt)
     Q_uu = sym(Q_uu) + lam * jnp.eye(p, dtype=dt)
-    X = Q_uz if q is None else jnp.concatenate([Q_uz, q[:, None]], axis=1)
-    lu, piv, GX = pivot_solve(Q_uu, X)  # one LU for G and k
-    G, k = (GX, jnp.zeros((p,), dt)) if q is None else (GX[:, :a_in], GX[:, a_in])
-    return schur_update(Q_zz, Q_uz, G, _stage.is_large(seg)), Q_uu, lu, piv, G, k
+    lu, piv, GY = pivot_solve(Q_uu, Q_uz if X is None else jnp.concatenate([Q_uz, X], axis=1))  # one LU
+    G, Y = GY[:, :a_in], GY[:, a_in:]
+    return schur_update(Q_zz, Q_uz, G, _stage.is_large(seg)), Q_uu, lu, piv, G, Y
 
 
 def _factor_segment(seg, blk: SegmentBlocks, S, lam, unroll):

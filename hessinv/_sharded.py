@@ -75,9 +75,9 @@ from ._diagnostics import raise_for as _raise_for_stages
 from ._diagnostics import rcond_tol as _rcond_tol
 from ._errors import SingularPivotError
 from ._factorization import Factorization
-from ._linalg import pivot_solve, sym
+from ._linalg import sym
 from ._parallel import apply_one
-from ._riccati import StageFactors, _factor_segment, backward_pass, forward_pass, schur_update
+from ._riccati import StageFactors, _factor_segment, backward_pass, forward_pass, pivot_step
 
 
 def check_mesh(mesh) -> Mesh:
@@ -171,28 +171,19 @@ def _on_chunks(mesh: Mesh, local, n_replicated: int = 0):
 
 def _free_end_step(seg, lam):
     """One stage of a chunk's free-end recursion: the stage recursion's step (``Q = K + Mᵀ S M``,
-    the damped pivot, its LU, ``G_l``, ``S_{l-1}``; :func:`hessinv._riccati.stage_step`) carrying also
+    the damped pivot, its LU, ``G_l``, ``S_{l-1}``; :func:`hessinv._riccati.pivot_step`) carrying also
     ``N_l``, with ``Z_l = Q_uu^{-1} B_lᵀ N_l`` from the same LU as ``G_l`` and
     ``N_{l-1} = A_lᵀ N_l − G_lᵀ B_lᵀ N_l = A⁰_lᵀ N_l``."""
-    p, a_in = seg.p, seg.a_in
-    large = _stage.is_large(seg)
+    a_in, large = seg.a_in, _stage.is_large(seg)
 
     def step(carry, xs):
         S, N = carry
         M, K, diag, is_block = xs
         A, B = M[:, :a_in], M[:, a_in:]
-        Q_zz, Q_uz, Q_uu = _stage.Q_parts(S, M, K, a_in, diag, is_block)
-        dt = Q_zz.dtype
-        if p == 0:  # a parameter-free layer: the state just propagates
-            empty = jnp.zeros((0, 0), dt)
-            out = (empty, empty, jnp.zeros((0,), jnp.int32), jnp.zeros((0, a_in), dt), jnp.zeros((0, N.shape[1]), dt))
-            return (sym(Q_zz), A.T @ N), out + (jnp.zeros((0, 0), dt) if large else S,)
         BtN = B.T @ N
-        Q_uu = sym(Q_uu) + lam * jnp.eye(p, dtype=dt)
-        lu, piv, GZ = pivot_solve(Q_uu, jnp.concatenate([Q_uz, BtN], axis=1))  # one LU for G and Z
-        G, Z = GZ[:, :a_in], GZ[:, a_in:]
-        S_prev = schur_update(Q_zz, Q_uz, G, large)
-        return (S_prev, A.T @ N - G.T @ BtN), (Q_uu, lu, piv, G, Z, jnp.zeros((0, 0), dt) if large else S)
+        parts = _stage.Q_parts(S, M, K, a_in, diag, is_block)
+        S_prev, Q_uu, lu, piv, G, Z = pivot_step(seg, parts, lam, BtN)  # one LU for G and Z
+        return (S_prev, A.T @ N - G.T @ BtN), (Q_uu, lu, piv, G, Z, jnp.zeros((0, 0), S.dtype) if large else S)
 
     return step
 
