@@ -153,13 +153,6 @@ def _split_coloured(seg, out, masks):
     return blocks, ok
 
 
-def _assemble(blocks):
-    """The dense block-diagonal ``(e · w_out, e · w_in)`` matrix of ``blocks`` ``(e, w_out, w_in)``."""
-    e, wo, wi = blocks.shape
-    eye = np.eye(e, dtype=bool)[:, None, :, None]
-    return jnp.where(eye, blocks[:, :, None, :], 0).reshape(e * wo, e * wi)
-
-
 def per_example_jacobian(seg: _pipeline.Segment, zin, rows, dt):
     """``(A_blocks, B, ok)`` of every layer of a per-example segment: ``A_l``'s diagonal blocks
     ``(n, e, w_out, w_in)`` from the coloured tangents, ``B_l`` ``(n, a_out, p)``, and whether
@@ -184,7 +177,7 @@ def _per_example_jacobian(seg: _pipeline.Segment, zin, rows, dt):
     """``(M, ok)``: ``M_l`` as in :func:`jacobian`, its ``A_l`` assembled from
     :func:`per_example_jacobian`'s blocks."""
     blocks, B, ok = per_example_jacobian(seg, zin, rows, dt)
-    return jnp.concatenate([jax.vmap(_assemble)(blocks), B], axis=2), ok
+    return jnp.concatenate([jax.vmap(_stage.block_diagonal)(blocks), B], axis=2), ok
 
 
 class PerExampleK(NamedTuple):
@@ -232,7 +225,7 @@ def _per_example_second_derivatives(seg: _pipeline.Segment, zin, rows, b, dt):
     K, ok = per_example_second_derivatives(seg, zin, rows, b, dt)
 
     def dense(K):
-        return jnp.block([[_assemble(K.zz), K.xz.T], [K.xz, K.xx]])
+        return jnp.block([[_stage.block_diagonal(K.zz), K.xz.T], [K.xz, K.xx]])
 
     return jax.vmap(dense)(K), ok
 

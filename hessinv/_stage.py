@@ -112,10 +112,15 @@ def Q_parts_per_example(S, blocks, B, K=None):
     AtSA, Q_uz, Q_uu = block_products(S, blocks, B)
     if K is None:
         return AtSA, Q_uz, Q_uu
-    e, wi, _ = K.zz.shape
+    return AtSA + block_diagonal(K.zz), Q_uz + K.xz, Q_uu + K.xx
+
+
+def block_diagonal(blocks):
+    """The dense block-diagonal ``(e · w_out, e · w_in)`` matrix of ``blocks`` ``(e, w_out, w_in)``
+    (a select on a broadcast: XLA fuses it into the pass that consumes it)."""
+    e, wo, wi = blocks.shape
     eye = np.eye(e, dtype=bool)[:, None, :, None]
-    K_zz = jnp.where(eye, K.zz[:, :, None, :], 0).reshape(e * wi, e * wi)
-    return AtSA + K_zz, Q_uz + K.xz, Q_uu + K.xx
+    return jnp.where(eye, blocks[:, :, None, :], 0).reshape(e * wo, e * wi)
 
 
 def block_matvec(blocks, x, transpose: bool = False):
