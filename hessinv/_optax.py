@@ -88,9 +88,10 @@ class NewtonInfo(NamedTuple):
         with ``inertia=True``, else the Cholesky estimate ``(min L_ii / max L_ii)²`` (0 when
         not positive definite).
       ok: finite, with every pivot's ``min_rcond`` above ``max(p_l)·eps``.
-      iterations: factorisations done this step: 2 when LM probed a smaller damping, up to
-        ``tr_max_iters`` for the trust region, else 1; in the stochastic mode 1 on a refresh and
-        0 when the stored factorisation was reused.
+      iterations: factorisations done this step: 2 when LM probed a smaller damping, one more
+        for each retry at a larger damping (``lm_retries``), up to ``tr_max_iters`` for the
+        trust region, else 1; in the stochastic mode 1 on a refresh and 0 when the stored
+        factorisation was reused.
     """
 
     loss: jax.Array
@@ -253,19 +254,25 @@ def _rejections(t, rejections):
     return jnp.where(t.accepted, 0, rejections + 1).astype(jnp.int32)
 
 
-def _damped_trial(m, lam, rejections, route, probe, *, accept_ratio, inertia):
-    """``(trial, factorisations)`` at the damping ``lam``: one exact solve on ``route``, judged,
-    and with ``probe`` (the keyword arguments of :func:`~hessinv._optax_damping.lm_probe`) the
-    LM probe where it fires."""
+def _damped_trial(m, lam, rejections, route, probe, retry, *, accept_ratio, inertia):
+    """``(trial, factorisations, last_lam)`` at the damping ``lam``: one exact solve on
+    ``route``, judged; with ``probe`` (the keyword arguments of
+    :func:`~hessinv._optax_damping.lm_probe`) the LM probe where it fires; with ``retry`` (those
+    of :func:`~hessinv._optax_damping.lm_retry`) larger dampings while the step is rejected.
+    ``last_lam`` is the largest damping tried."""
     solve = _optax_step.solver(m, route, inertia)
 
     def attempt(lam):
-        return _optax_step.judge(m, lam, *solve(lam), jnp.array(True), accept_ratio)
+        d, health, Cd = solve(lam)
+        return _optax_step.judge(m, lam, d, health, jnp.array(True), accept_ratio, Cd)
 
-    t = attempt(lam)
-    if probe is None:
-        return t, jnp.ones((), jnp.int32)
-    return _optax_damping.lm_probe(attempt, t, lam, rejections, **probe)
+    t, iters = attempt(lam), jnp.ones((), jnp.int32)
+    if probe is not None:
+        t, iters = _optax_damping.lm_probe(attempt, t, lam, rejections, **probe)
+    if retry is None:
+        return t, iters, lam
+    t, last_lam, tries = _optax_damping.lm_retry(attempt, t, lam, **retry)
+    return t, iters + tries, last_lam
 
 
 def _trust_region_trial(m, radius, lam_ref, tr, route, *, accept_ratio, inertia):
@@ -324,6 +331,7 @@ def scale_by_newton(
     decrease_factor: float = 1.0 / 3.0,
     lm_update: str = "threshold",
     probe_factor: float | None = 1e-3,
+    lm_retries: int = 8,
     accept_ratio: float = 1e-4,
     init_radius: float = 1.0,
     max_radius: float = 1e6,
@@ -342,9 +350,11 @@ def scale_by_newton(
     ``params - d`` decreases as the quadratic model predicts (see the module docstring);
     otherwise the returned update is zero.
 
-    The transformation's ``update(updates, state, params, *, z0, **extra_args)`` takes the
-    gradient of the pipeline loss at ``(params, z0)`` as ``updates`` and the batch ``z0`` as a
-    keyword (other keyword arguments are ignored, as optax requires). The returned update is
+    The transformation's ``update(updates, state, params, *, z0, value=None, **extra_args)``
+    takes the gradient of the pipeline loss at ``(params, z0)`` as ``updates`` and the batch
+    ``z0`` as a keyword; ``value``, the loss at ``(params, z0)`` where the caller has it (from
+    ``jax.value_and_grad``, the keyword ``optax.lbfgs`` uses), saves the step a forward pass
+    (other keyword arguments are ignored, as optax requires). The returned update is
     ``+d``: chain with ``optax.scale_by_learning_rate(1.0)`` (as :func:`newton` does) to step
     downhill. The accept/reject test is made for the full step (learning rate 1).
 
@@ -373,6 +383,11 @@ def scale_by_newton(
         convex, and the previous update was not rejected, the same update also tries
         ``λ · probe_factor`` (a second factorisation) and keeps the better accepted step; ``λ``
         rises only if both fail. ``None`` gives the classic rule. See the module docstring.
+      lm_retries: LM only. While the step is rejected, try again in the same update at
+        ``λ · increase_factor``, ``λ · increase_factor²``, … up to this many times: the steps
+        plain LM would take over that many rejected updates, without recomputing the gradient,
+        the loss and the λ-independent part (``Z``, ``C``) at params that have not moved.
+        ``0`` gives one damping per update (a rejected update is zero).
       accept_ratio: the smallest actual/predicted decrease ratio accepted.
       init_radius: the first trust radius (``"trust_region"`` only).
       max_radius: the largest trust radius (``"trust_region"`` only).
@@ -401,12 +416,19 @@ def scale_by_newton(
     checked = _check_common(curvature, method, mode, init_damping, min_damping, max_damping, lm, accept_ratio, inertia)
     min_damping, lm_kw = checked
     _check_trust_region(probe_factor, init_radius, max_radius, tr_rtol, tr_max_iters)
+    if not (isinstance(lm_retries, int) and not isinstance(lm_retries, bool) and lm_retries >= 0):
+        raise ValueError(f"lm_retries must be an int >= 0, got {lm_retries!r}")
     lam_floor = float(damping) if mode == "fixed" else min_damping  # λ > 0 allows the output space
     judging = dict(accept_ratio=accept_ratio, inertia=inertia)
     probe = (
         dict(probe_factor=probe_factor, min_damping=min_damping) if mode == "lm" and probe_factor is not None else None
     )
     tr = dict(min_damping=min_damping, rtol=tr_rtol, max_iters=tr_max_iters, lam_scale=init_damping)
+    retry = (
+        dict(increase_factor=increase_factor, max_damping=max_damping, retries=lm_retries)
+        if mode == "lm" and lm_retries > 0
+        else None
+    )
 
     def init_fn(params):
         dt = _params_dtype(params)
@@ -417,7 +439,7 @@ def scale_by_newton(
             zero_i, jnp.asarray(lam0, dt), jnp.asarray(radius, dt), zero_i, _initial_info(dt, lam0)
         )
 
-    def update_fn(updates, state, params=None, *, z0=None, **extra_args):
+    def update_fn(updates, state, params=None, *, z0=None, value=None, **extra_args):
         del extra_args  # optax convention: unknown extra arguments are ignored
         pipe, g = _optax_step.prepare(layers, updates, params, z0, "scale_by_newton")
         dt, sdt = pipe.dtype, state.damping.dtype
@@ -426,16 +448,16 @@ def scale_by_newton(
             blk = None
             if route == "riccati":  # the blocks, kept: they also give a structured C d
                 blk = _blocks.compute(pipe, _pipeline.to_rows(pipe, list(params)), z0, curvature)
-            m = _optax_step.model(layers, pipe, params, z0, g, curvature, blk)
+            m = _optax_step.model(layers, pipe, params, z0, g, curvature, blk, value)
             radius = state.radius.astype(dt)
             t, iters, found = _trust_region_trial(m, radius, state.damping.astype(dt), tr, route, **judging)
             radius_next = _optax_damping.trust_region_radius(t, radius, found, rtol=tr_rtol, max_radius=max_radius)
             lam_next = jnp.clip(t.damping, min_damping, max_damping)
         else:
-            m = _optax_step.model(layers, pipe, params, z0, g, curvature)
+            m = _optax_step.model(layers, pipe, params, z0, g, curvature, value=value)
             lam = jnp.asarray(damping, dt) if mode == "fixed" else state.damping.astype(dt)
-            t, iters = _damped_trial(m, lam, state.rejections, route, probe, **judging)
-            lam_next = _optax_damping.lm_damping(t, lam, **lm_kw) if mode == "lm" else lam
+            t, iters, lam_last = _damped_trial(m, lam, state.rejections, route, probe, retry, **judging)
+            lam_next = _optax_damping.lm_damping(t, lam_last, **lm_kw) if mode == "lm" else lam
             radius_next = state.radius
         new_state = ScaleByNewtonState(
             count=optax.safe_int32_increment(state.count),
@@ -647,11 +669,11 @@ def scale_by_stochastic_newton(
         age = jnp.asarray(refresh_every, jnp.int32)  # the first update factorises
         return ScaleByStochasticNewtonState(zero_i, jnp.asarray(lam0, dt), zero_i, age, F0, _initial_info(dt, lam0))
 
-    def update_fn(updates, state, params=None, *, z0=None, **extra_args):
+    def update_fn(updates, state, params=None, *, z0=None, value=None, **extra_args):
         del extra_args  # optax convention: unknown extra arguments are ignored
         pipe, g = _optax_step.prepare(layers, updates, params, z0, "scale_by_stochastic_newton")
         dt, sdt = pipe.dtype, state.damping.dtype
-        m = _optax_step.model(layers, pipe, params, z0, g, curvature)
+        m = _optax_step.model(layers, pipe, params, z0, g, curvature, value=value)
         route = _optax_step.route(pipe, method, curvature, lam_floor)
         lam = jnp.asarray(lam0, dt) if mode == "fixed" else state.damping.astype(dt)
         refresh = True if refresh_every == 1 else (state.age >= refresh_every) | (state.rejections > 0)

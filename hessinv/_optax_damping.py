@@ -7,6 +7,8 @@ hyperparameters, jit-able, with no host round trip:
   threshold rule (Moré 1978; the default) or Nielsen's smooth rule (1999);
 * :func:`lm_probe`: where LM would raise ``λ`` after a step from a convex model, try
   ``λ · probe_factor`` in the same update and keep the better step (docs/optax.md, "The probe");
+* :func:`lm_retry`: after a rejection, try the larger ``λ`` LM would move to in the same
+  update, reusing the λ-independent part;
 * :func:`trust_region_damping`: the ``λ`` whose step reaches the trust radius (Moré & Sorensen
   1983), a safeguarded Newton iteration in a ``lax.while_loop``;
 * :func:`trust_region_radius`: the radius update.
@@ -90,6 +92,30 @@ def lm_probe(attempt, first, lam, rejections, *, probe_factor, min_damping):
 
     t = jax.lax.cond(probe, probed, lambda first: first, first)
     return t, 1 + probe.astype(jnp.int32)
+
+
+def lm_retry(attempt, t, lam, *, increase_factor, max_damping, retries):
+    """``(trial, last_lam, tries)``: while the step ``t`` is rejected, try again in the same
+    update at ``λ · increase_factor``, ``λ · increase_factor²``, … up to ``retries`` times (or
+    ``max_damping``); ``last_lam`` is the largest damping tried, ``tries`` how many were added.
+
+    A rejected update leaves the params where they were, so the next update would recompute the
+    same gradient, loss and λ-independent part (the output-space ``Z``, the dense ``C``) only to
+    try the larger ``λ`` classic LM moves to. Trying it here costs, on the dense and output-space
+    routes, the λ-dependent part alone (a refactorisation, a solve and the trial loss); on the
+    stage recursion, which keeps no λ-independent part, a one-pass solve and the trial loss. A
+    ``lax.while_loop``: nothing is paid where the first step is accepted."""
+
+    def cond(c):
+        t, lam_k, k = c
+        return ~t.accepted & (k < retries) & (lam_k < max_damping)
+
+    def body(c):
+        _, lam_k, k = c
+        lam_k = jnp.minimum(lam_k * increase_factor, max_damping)
+        return attempt(lam_k), lam_k, k + 1
+
+    return jax.lax.while_loop(cond, body, (t, jnp.asarray(lam, t.damping.dtype), jnp.zeros((), jnp.int32)))
 
 
 def trust_region_radius(t, radius, found, *, rtol, max_radius):

@@ -92,9 +92,16 @@ def prepare(layers, updates, params, z0, name):
     return pipe, _pipeline.to_rows(pipe, list(updates))
 
 
-def model(layers, pipe, params, z0, g_rows, curvature, blocks=None) -> Model:
-    """The :class:`Model` at ``params`` on ``z0`` (one forward pass, for the loss)."""
-    loss = _pipeline.loss(layers, params, z0).astype(pipe.dtype)
+def model(layers, pipe, params, z0, g_rows, curvature, blocks=None, value=None) -> Model:
+    """The :class:`Model` at ``params`` on ``z0``: one forward pass for the loss, or none where
+    the caller passes it as ``value`` (from ``jax.value_and_grad``, as for ``optax.lbfgs``)."""
+    if value is None:
+        loss = _pipeline.loss(layers, params, z0)
+    elif jnp.shape(value) != ():
+        raise ValueError(f"value must be the scalar loss at (params, z0), got shape {jnp.shape(value)}")
+    else:
+        loss = value
+    loss = jnp.asarray(loss).astype(pipe.dtype)
     return Model(layers, pipe, list(params), z0, g_rows, loss, curvature, blocks)
 
 
@@ -107,11 +114,14 @@ def curvature_product(m: Model, d_rows):
     return _pipeline.to_rows(m.pipe, vp(m.layers, m.params, m.z0, _pipeline.from_rows(m.pipe, d_rows)))
 
 
-def judge(m: Model, lam, d_rows, health: Health, found, accept_ratio) -> Trial:
+def judge(m: Model, lam, d_rows, health: Health, found, accept_ratio, Cd_rows=None) -> Trial:
     """The verdict on the step ``d``: the model's predicted decrease, the trial loss at
-    ``params - d`` and the acceptance test (with ``found`` False the step is rejected)."""
+    ``params - d`` and the acceptance test (with ``found`` False the step is rejected).
+    ``Cd_rows``, ``C d`` where the caller has it (from the step's factorisation), else
+    :func:`curvature_product`."""
     dt = m.pipe.dtype
-    pred = dot(m.g, d_rows) - 0.5 * dot(d_rows, curvature_product(m, d_rows))
+    Cd_rows = curvature_product(m, d_rows) if Cd_rows is None else Cd_rows
+    pred = dot(m.g, d_rows) - 0.5 * dot(d_rows, Cd_rows)
     step = _pipeline.from_rows(m.pipe, d_rows)
     trial = [jax.tree.map(lambda x, s: x - s.astype(x.dtype), x, s) for x, s in zip(m.params, step)]
     loss1 = _pipeline.loss(m.layers, trial, m.z0).astype(dt)
@@ -139,25 +149,32 @@ def factorizer(pipe, params, z0, curvature, route_name):
 
 
 def solver(m: Model, route_name, inertia: bool):
-    """``λ ↦ (d, health)``: the step ``(C + λI)^{-1} g`` and the health of ``C + λI``.
+    """``λ ↦ (d, health, Cd)``: the step ``(C + λI)^{-1} g``, the health of ``C + λI`` and
+    ``C d`` where the factorisation gives it cheaply (else ``None``: :func:`judge` takes it by
+    autodiff).
 
     On the stage recursion it is the one-pass solve (blocks computed chunk by chunk inside the
     recursion, never all kept, with the pivots kept for the health check), about half the time
     of blocks + factorise + solve; on the other routes the factorisation from
-    :func:`factorizer`, so each further damping refactorises only the λ-dependent part."""
+    :func:`factorizer`, so each further damping refactorises only the λ-dependent part, and
+    ``C d = (C + λI) d − λ d`` is a product with the ``C`` or ``Z`` it holds (an ``n²`` or
+    ``2mn`` product instead of a forward and a reverse pass; its rounding, ``eps·λ‖d‖²``, is
+    at most ``eps·gᵀd`` where ``C + λI ≻ 0``, so the predicted decrease keeps its digits)."""
     if route_name == "riccati":
         tol = _diagnostics.rcond_tol(m.pipe)
 
         def one_pass(lam):
             d, outs = _oneshot.solve(m.pipe, m.params, m.z0, m.g, lam, m.curvature, keep_pivot=True)
-            return d, _optax_health.pivots_health(_oneshot.pivots(m.pipe, outs), tol, inertia)
+            return d, _optax_health.pivots_health(_oneshot.pivots(m.pipe, outs), tol, inertia), None
 
         return one_pass
     factor_at = factorizer(m.pipe, m.params, m.z0, m.curvature, route_name)
 
     def factored(lam):
         F = factor_at(lam)
-        return F.solve_rows(m.g), _optax_health.health(F, inertia)
+        d = F.solve_rows(m.g)
+        Cd = [Ad - lam * x for Ad, x in zip(F.matvec_rows(d), d)]
+        return d, _optax_health.health(F, inertia), Cd
 
     return factored
 

@@ -329,7 +329,7 @@ def test_ggn_needs_a_parameter_free_loss_layer():
 
 # -- Levenberg-Marquardt and trust region -----------------------------------------------------
 
-LM_KW = dict(damping="lm", init_damping=0.5, decrease_factor=0.25)
+LM_KW = dict(damping="lm", init_damping=0.5, decrease_factor=0.25, lm_retries=0)  # one damping per update
 
 
 def test_lm_rejected_step_leaves_params_unchanged_and_raises_damping():
@@ -352,6 +352,54 @@ def test_lm_rejected_step_leaves_params_unchanged_and_raises_damping():
     assert not bool(s.info.accepted) and all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
     assert int(s.info.iterations) == 1 and float(s.info.damping) == pytest.approx(2.0)
     assert float(s.damping) == pytest.approx(8.0) and int(s.rejections) == 2
+
+
+def test_lm_retries_raise_the_damping_within_one_update():
+    """``lm_retries``: a rejected step is tried again at ``λ·4``, ``λ·16``, … in the same update;
+    when every try fails the update is zero and the next starts above the last ``λ`` tried."""
+    layers, params, z0 = quadratic_problem(2)
+    kw = dict(LM_KW, lm_retries=3)
+    _, update = _opt(layers, **kw)
+    g = jax.tree.map(lambda a: -a, _grad(layers, params, z0))  # uphill: every damping is rejected
+    updates, state = update(g, _init(layers, params, **kw), params, z0=z0)
+    s = _ns(state)
+    assert not bool(s.info.accepted) and all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+    # λ = 0.5, the probe at 0.5e-3, then 2, 8 and 32: five factorisations; the next update starts at 128.
+    assert int(s.info.iterations) == 5 and float(s.info.damping) == pytest.approx(32.0)
+    assert float(s.damping) == pytest.approx(128.0) and int(s.rejections) == 1
+
+
+@pytest.mark.parametrize("method", ["riccati", "dense", "gauss_newton"])
+def test_lm_retries_take_the_accepted_steps_of_plain_lm_in_fewer_updates(method):
+    """With retries, LM takes the same accepted steps as without (the rejected updates of plain
+    LM are merged into the next accepted one), each the exact ``(G + λI)^{-1} g`` at its λ with
+    the predicted decrease ``gᵀd − ½ dᵀGd`` of the dense ``G``, on every route."""
+    layers, params, z0 = tanh_net(0)
+    base = dict(curvature="ggn", method=method, init_damping=1e-3)
+
+    def run(n_updates, **kw):
+        p, state, out = params, _init(layers, params, **base, **kw), []
+        for _ in range(n_updates):
+            g = _grad(layers, p, z0)
+            p_new, _, state = _step(layers, p, state, z0, **base, **kw)
+            out.append((p, g, _ns(state).info))
+            p = p_new
+        return out
+
+    plain = run(10, lm_retries=0)
+    accepted = [(p, g, i) for p, g, i in plain if bool(i.accepted)]
+    assert len(accepted) < len(plain)  # plain LM rejected some updates here
+    retried = run(len(accepted), lm_retries=8)
+    assert all(bool(i.accepted) for _, _, i in retried)
+    last = max(k for k, (_, _, i) in enumerate(plain) if bool(i.accepted))
+    assert sum(int(i.iterations) for _, _, i in retried) == sum(int(i.iterations) for _, _, i in plain[: last + 1])
+    for (p0, _, i0), (p, g, i) in zip(accepted, retried):
+        np.testing.assert_allclose(_flat(p), _flat(p0), rtol=1e-9, atol=1e-12)
+        assert float(i.damping) == pytest.approx(float(i0.damping), rel=1e-12)
+        G, gf = _dense_ggn(p, z0), _flat(g)
+        d = jnp.linalg.solve(G + float(i.damping) * jnp.eye(G.shape[0]), gf)
+        np.testing.assert_allclose(float(i.step_norm), float(jnp.linalg.norm(d)), rtol=1e-8)
+        np.testing.assert_allclose(float(i.predicted_decrease), float(gf @ d - 0.5 * d @ G @ d), rtol=1e-8)
 
 
 # (a, b, λ0, λ0's step, which step the update keeps): the perturbed gradient is a·v_min + b·v_max.
@@ -399,7 +447,7 @@ def test_lm_probe_tries_a_smaller_damping_where_lm_would_raise_it(a, b, lam0, fi
     assert (rho0 < 0) if first == "rejected" else (0 < rho0 < 0.25)
     assert (0 < rho_p and change_p < change0) if kept == "probe" else rho_p < 0
     # Classic LM (no probe): one factorisation; λ rises, and a rejected step is not applied.
-    kw = dict(damping="lm", init_damping=lam0, probe_factor=None)
+    kw = dict(damping="lm", init_damping=lam0, probe_factor=None, lm_retries=0)
     new, _, state = _step(layers, params0, _init(layers, params0, **kw), z0, g=g, **kw)
     s = _ns(state)
     assert int(s.info.iterations) == 1 and float(s.damping) == pytest.approx(4 * lam0)
@@ -473,9 +521,10 @@ def test_lm_update_is_validated():
         hessinv.optax.stochastic_gauss_newton(layers, {}, lm_update=None)
 
 
-def test_lm_on_an_indefinite_hessian_never_increases_the_loss():
+@pytest.mark.parametrize("retries", [0, 8])
+def test_lm_on_an_indefinite_hessian_never_increases_the_loss(retries):
     layers, params, z0 = indefinite_problem()
-    kw = dict(damping="lm", init_damping=1e-3)
+    kw = dict(damping="lm", init_damping=1e-3, lm_retries=retries)
     state, loss = _init(layers, params, **kw), float(_loss(layers, params, z0))
     n_accepted = n_rejected = 0
     for _ in range(12):
@@ -493,8 +542,10 @@ def test_lm_on_an_indefinite_hessian_never_increases_the_loss():
             n_rejected += 1
             np.testing.assert_array_equal(_flat(new), _flat(params))
             assert float(s.damping) > float(s.info.damping)  # rises on rejection
+        if retries:  # the rejections of plain LM became retries in the update (more factorisations)
+            assert bool(s.info.accepted) or int(s.info.iterations) > retries
         params, loss = new, new_loss
-    assert n_accepted >= 3 and n_rejected >= 1
+    assert n_accepted >= 3 and n_rejected >= (0 if retries else 1)
 
 
 @pytest.mark.parametrize("lam", [1e-3, 0.3, 5.0])
@@ -611,10 +662,26 @@ def test_unknown_extra_args_are_ignored_and_tuple_params_keep_their_structure():
     state = opt.init(params)
     g = _grad(layers, params, z0)
     u1, _ = update(g, state, params, z0=z0)
-    with_extras = jax.jit(lambda g, s, p, z0: opt.update(g, s, p, z0=z0, value=1.0, grad=g, some_other_arg="x"))
+    with_extras = jax.jit(lambda g, s, p, z0: opt.update(g, s, p, z0=z0, grad=g, value_fn=None, some_other_arg="x"))
     u2, _ = with_extras(tuple(g), state, tuple(params), z0)
     assert jax.tree.structure(u2) == jax.tree.structure(tuple(params))
     np.testing.assert_allclose(_flat(u1), _flat(u2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(curvature="ggn", method="gauss_newton"), dict(damping="trust_region")])
+def test_value_is_the_loss_it_saves_a_forward_pass_for(kw):
+    """``value=`` (the loss at ``params``, e.g. from ``jax.value_and_grad``, as optax's L-BFGS
+    takes it) gives the same update and state as the optimiser's own forward pass."""
+    layers, params, z0 = tanh_net(3)
+    opt = newton(layers, **kw)
+    v, g = jax.value_and_grad(lambda p: hessinv.loss(layers, p, z0))(params)
+    u1, s1 = jax.jit(lambda g, s, p, z0: opt.update(g, s, p, z0=z0))(g, opt.init(params), params, z0)
+    u2, s2 = jax.jit(lambda g, s, p, z0, v: opt.update(g, s, p, z0=z0, value=v))(g, opt.init(params), params, z0, v)
+    np.testing.assert_allclose(_flat(u2), _flat(u1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(float(_ns(s2).info.loss), float(v), rtol=1e-15)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), _ns(s1).info, _ns(s2).info))
+    with pytest.raises(ValueError, match="value must be the scalar loss"):
+        opt.update(g, opt.init(params), params, z0=z0, value=jnp.ones(2))
 
 
 def test_update_needs_params_and_z0():
@@ -678,3 +745,5 @@ def test_invalid_hyperparameters_raise():
         scale_by_newton(QUAD, increase_factor=0.5)
     with pytest.raises(TypeError, match="sequence"):
         scale_by_newton(q_affine)
+    with pytest.raises(ValueError, match="lm_retries"):
+        scale_by_newton(QUAD, lm_retries=-1)
