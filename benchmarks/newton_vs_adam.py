@@ -110,7 +110,7 @@ def make_step(layers, opt, second_order: bool):
     def step(params, state, batch):
         loss, g = jax.value_and_grad(lambda p: hessinv.loss(layers, p, batch))(params)
         acc = accuracy(layers, params, batch)
-        updates, state = opt.update(g, state, params, z0=batch) if second_order else opt.update(g, state, params)
+        updates, state = opt.update(g, state, params, z0=batch, value=loss) if second_order else opt.update(g, state, params)
         return optax.apply_updates(params, updates), state, loss, acc
 
     return jax.jit(step)

@@ -199,7 +199,7 @@ def make_method(name, layers, z0, lr=None):
 
         def step(p, s):
             v, g = jax.value_and_grad(loss)(p)
-            u, s = opt.update(g, s, p, z0=z0)
+            u, s = opt.update(g, s, p, z0=z0, value=v)
             return optax.apply_updates(p, u), s, v
 
     elif name.startswith("lbfgs"):

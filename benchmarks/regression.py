@@ -9,11 +9,16 @@ documented optax loops, each step one jitted call, from the same initialisation,
 compiled before the timing (``optax.lbfgs``'s state changes type after its first update, so its
 step compiles twice): ``hessinv.optax.gauss_newton(layers)`` (Levenberg-Marquardt, default
 settings, on the route ``auto`` picks), the same with Nielsen's damping update
-(``lm_update="nielsen"``) instead of the threshold rule, the same with ``damping="trust_region"``, and
-``optax.lbfgs`` (memory 10 and 50, its default zoom line search); on ``--riccati-seeds`` also
-Gauss-Newton LM with the stage recursion forced (the route matters). Reported per method and
-target: the steps and wall-clock seconds (compilation excluded) to reach it, or the loss reached
-within the step and time caps. Writes ``results/regression_<platform>.json``.
+(``lm_update="nielsen"``) instead of the threshold rule, the same without the in-update retries
+(``lm_retries=0``: one damping per update, as classic LM), the same with
+``damping="trust_region"``, and ``optax.lbfgs`` (memory 10 and 50, its default zoom line
+search); on ``--riccati-seeds`` also Gauss-Newton LM with the stage recursion forced (the route
+matters). Each step returns the loss after it from what it computed anyway (Gauss-Newton: its
+trial loss, or the loss where the step was rejected; L-BFGS: its line search's value at the new
+point), and Gauss-Newton gets the loss at the current point as ``value=``, as L-BFGS does.
+Reported per method and target: the steps and wall-clock seconds (compilation excluded) to
+reach it, or the loss reached within the step and time caps. Writes
+``results/regression_<platform>.json``.
 """
 
 from __future__ import annotations
@@ -53,10 +58,10 @@ def gauss_newton(layers, params, z0, method, targets, max_steps=300, max_seconds
 
     @jax.jit
     def step(p, s):
-        g = jax.grad(lambda p: hessinv.loss(layers, p, z0))(p)
-        u, s = opt.update(g, s, p, z0=z0)
-        p = optax.apply_updates(p, u)
-        return p, s, hessinv.loss(layers, p, z0)
+        v, g = jax.value_and_grad(lambda p: hessinv.loss(layers, p, z0))(p)
+        u, s = opt.update(g, s, p, z0=z0, value=v)
+        i = optax.tree_utils.tree_get(s, "info")  # the loss after the step, computed by the step
+        return optax.apply_updates(p, u), s, jax.numpy.where(i.accepted, i.trial_loss, i.loss)
 
     return _race(step, params, opt.init(params), targets, max_steps, max_seconds)
 
@@ -72,7 +77,8 @@ def lbfgs(layers, params, z0, memory, targets, max_steps=50000, max_seconds=60.0
     def step(p, s):
         v, g = value_and_grad(p, state=s)
         u, s = opt.update(g, s, p, value=v, grad=g, value_fn=loss)
-        return optax.apply_updates(p, u), s, v
+        # the loss after the step: the line search's value at the new point (reused next step)
+        return optax.apply_updates(p, u), s, optax.tree_utils.tree_get(s, "value")
 
     return _race(step, params, opt.init(params), targets, max_steps, max_seconds)
 
@@ -85,6 +91,7 @@ def run(seeds=range(10), targets=(1e-3, 1e-4, 1e-6), riccati_seeds=(0,), write=T
         row = {"seed": seed, "auto_route": hessinv.route(layers, params, z0, damping=1e-3, curvature="ggn")}
         row["gauss_newton_lm"] = gauss_newton(layers, params, z0, "auto", targets)
         row["gauss_newton_lm_nielsen"] = gauss_newton(layers, params, z0, "auto", targets, lm_update="nielsen")
+        row["gauss_newton_lm_no_retries"] = gauss_newton(layers, params, z0, "auto", targets, lm_retries=0)
         row["gauss_newton_tr"] = gauss_newton(layers, params, z0, "auto", targets, damping="trust_region")
         if seed in riccati_seeds:
             row["gauss_newton_lm_riccati"] = gauss_newton(

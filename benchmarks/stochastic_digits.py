@@ -78,7 +78,7 @@ def make_step(layers, opt, train, order, second_order: bool):
         idx = order[k]
         b = (X[idx], y[idx])
         loss, g = jax.value_and_grad(lambda p: hessinv.loss(layers, p, b))(params)
-        updates, state = opt.update(g, state, params, z0=b) if second_order else opt.update(g, state, params)
+        updates, state = opt.update(g, state, params, z0=b, value=loss) if second_order else opt.update(g, state, params)
         return optax.apply_updates(params, updates), state, loss
 
     return step
