@@ -1,6 +1,6 @@
 """Gauss-Newton against L-BFGS on a small deterministic regression, in one process.
 
-    python -m benchmarks.regression              # seeds 0-9, to losses 1e-3, 1e-4, 1e-6 (~4 min, 2 CPU cores)
+    python -m benchmarks.regression              # seeds 0-9, to losses 1e-3, 1e-4, 1e-6 (~8 min, 2 CPU cores)
     python -m benchmarks.regression --seeds 0 --targets 1e-3
 
 The network: 128 points ``x ∈ [-1, 1]`` → tanh 1→8 → 8 tanh layers 8→8 (a ``Stack``) → 8→1,
@@ -17,8 +17,11 @@ matters). Each step returns the loss after it from what it computed anyway (Gaus
 trial loss, or the loss where the step was rejected; L-BFGS: its line search's value at the new
 point), and Gauss-Newton gets the loss at the current point as ``value=``, as L-BFGS does.
 Reported per method and target: the steps and wall-clock seconds (compilation excluded) to
-reach it, or the loss reached within the step and time caps. Writes
-``results/regression_<platform>.json``.
+reach it, or the loss reached within the step and time caps; the loss after every step against
+wall-clock (thinned after 200 steps); and, after each seed's races, one step of each method from
+its first state timed in turn (``--cost-rounds`` rounds; ``interleaved_step_s``). Writes
+``results/regression_<platform>.json`` and ``.png`` (loss against wall-clock for the first seed,
+median seconds to each target).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import time
 
 import jax
+import numpy as np
 import optax
 
 import hessinv
@@ -35,25 +39,39 @@ from . import common
 from .shapes import regression
 
 
-def _race(step, p, s, targets, max_steps, max_seconds):
-    """Steps and seconds to each of ``targets`` (descending); stops at the last or a cap."""
+def _race(step, p, s, targets, max_steps, max_seconds, loss0=None):
+    """Steps and seconds to each of ``targets`` (descending); stops at the last or a cap.
+    ``loss0``, the loss at the start, begins the recorded curve at time 0."""
     common.warm_up(step, p, s)
     programs = step._cache_size()
+    curve = [] if loss0 is None else [(0.0, loss0)]
     reached, t0 = {}, time.perf_counter()
     for i in range(max_steps):
         p, s, v = step(p, s)
         v = float(v)
+        now = time.perf_counter() - t0
+        curve.append((now, v))
         for t in targets:
             if v < t and str(t) not in reached:
-                reached[str(t)] = {"steps": i + 1, "seconds": time.perf_counter() - t0}
-        if v < targets[-1] or time.perf_counter() - t0 > max_seconds:
+                reached[str(t)] = {"steps": i + 1, "seconds": now}
+        if v < targets[-1] or now > max_seconds:
             break
     out = {"reached": reached, "seconds": time.perf_counter() - t0, "loss": v, "stopped_after": i + 1}
     out["recompiled_during_race"] = step._cache_size() != programs
+    out["curve"] = _thin(curve)
     return out
 
 
-def gauss_newton(layers, params, z0, method, targets, max_steps=300, max_seconds=60.0, **settings):
+def _thin(curve, first=200, rest=200):
+    """``(seconds, loss)`` after every step up to ``first``, then about ``rest`` log-spaced ones and the last."""
+    if len(curve) <= first + rest:
+        return curve
+    idx = sorted(set(range(first)) | set(np.geomspace(first, len(curve) - 1, rest).astype(int).tolist()))
+    return [curve[i] for i in idx]
+
+
+def gauss_newton(layers, params, z0, method, **settings):
+    """``(step, state)``: the jitted step of ``hessinv.optax.gauss_newton`` and its first state."""
     opt = hessinv.optax.gauss_newton(layers, method=method, **settings)
 
     @jax.jit
@@ -63,10 +81,11 @@ def gauss_newton(layers, params, z0, method, targets, max_steps=300, max_seconds
         i = optax.tree_utils.tree_get(s, "info")  # the loss after the step, computed by the step
         return optax.apply_updates(p, u), s, jax.numpy.where(i.accepted, i.trial_loss, i.loss)
 
-    return _race(step, params, opt.init(params), targets, max_steps, max_seconds)
+    return step, opt.init(params)
 
 
-def lbfgs(layers, params, z0, memory, targets, max_steps=50000, max_seconds=60.0):
+def lbfgs(layers, params, z0, memory):
+    """``(step, state)``: the jitted step of ``optax.lbfgs(memory_size=memory)`` and its first state."""
     def loss(p):
         return hessinv.loss(layers, p, z0)
 
@@ -80,25 +99,34 @@ def lbfgs(layers, params, z0, memory, targets, max_steps=50000, max_seconds=60.0
         # the loss after the step: the line search's value at the new point (reused next step)
         return optax.apply_updates(p, u), s, optax.tree_utils.tree_get(s, "value")
 
-    return _race(step, params, opt.init(params), targets, max_steps, max_seconds)
+    return step, opt.init(params)
 
 
-def run(seeds=range(10), targets=(1e-3, 1e-4, 1e-6), riccati_seeds=(0,), write=True):
+def run(seeds=range(10), targets=(1e-3, 1e-4, 1e-6), riccati_seeds=(0,), write=True, cost_rounds=20):
     targets = tuple(sorted(targets, reverse=True))
     rows = []
     for seed in seeds:
         layers, params, z0 = regression(128, 8, 8, seed=seed, inputs=1)
         row = {"seed": seed, "auto_route": hessinv.route(layers, params, z0, damping=1e-3, curvature="ggn")}
-        row["gauss_newton_lm"] = gauss_newton(layers, params, z0, "auto", targets)
-        row["gauss_newton_lm_nielsen"] = gauss_newton(layers, params, z0, "auto", targets, lm_update="nielsen")
-        row["gauss_newton_lm_no_retries"] = gauss_newton(layers, params, z0, "auto", targets, lm_retries=0)
-        row["gauss_newton_tr"] = gauss_newton(layers, params, z0, "auto", targets, damping="trust_region")
+        loss0 = float(hessinv.loss(layers, params, z0))
+        methods = {
+            "gauss_newton_lm": gauss_newton(layers, params, z0, "auto"),
+            "gauss_newton_lm_nielsen": gauss_newton(layers, params, z0, "auto", lm_update="nielsen"),
+            "gauss_newton_lm_no_retries": gauss_newton(layers, params, z0, "auto", lm_retries=0),
+            "gauss_newton_tr": gauss_newton(layers, params, z0, "auto", damping="trust_region"),
+            "lbfgs_10": lbfgs(layers, params, z0, 10),
+            "lbfgs_50": lbfgs(layers, params, z0, 50),
+        }
+        for name, (step, state) in methods.items():
+            caps = (300, 60.0) if name.startswith("gauss") else (50000, 60.0)
+            row[name] = _race(step, params, state, targets, *caps, loss0=loss0)
         if seed in riccati_seeds:
-            row["gauss_newton_lm_riccati"] = gauss_newton(
-                layers, params, z0, "riccati", targets, max_steps=60, max_seconds=20.0
-            )
-        for m in (10, 50):
-            row[f"lbfgs_{m}"] = lbfgs(layers, params, z0, m, targets)
+            step, state = gauss_newton(layers, params, z0, "riccati")
+            row["gauss_newton_lm_riccati"] = _race(step, params, state, targets, 60, 20.0)
+        # One step of each from its first state, in turn (the machine's load falls on all alike).
+        cost = common.time_interleaved({k: (st, (params, s0)) for k, (st, s0) in methods.items()}, rounds=cost_rounds)
+        for k, c in cost.items():
+            row[k]["interleaved_step_s"] = {"median": c["time_s"], "min": c["min_s"]}
         rows.append(row)
         print(seed, {k: _brief(v, targets) for k, v in row.items() if isinstance(v, dict)}, flush=True)
     out = {
@@ -110,7 +138,41 @@ def run(seeds=range(10), targets=(1e-3, 1e-4, 1e-6), riccati_seeds=(0,), write=T
         print(f"loss {t}: " + "  ".join(f"{k} {v}" for k, v in s.items()))
     if write:
         common.write_json(out, "regression")
+        plot(out, common.result_path("regression", "png"))
     return out
+
+
+def plot(record, path, seed_index=0):
+    """Loss against wall-clock for one seed, and each method's median seconds to each target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, targets = record["rows"], record["meta"]["targets"]
+    row = rows[seed_index]
+    names = [k for k in row if isinstance(row[k], dict) and "curve" in row[k] and "riccati" not in k]
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for i, n in enumerate(names):
+        t, v = np.array(row[n]["curve"]).T
+        a0.plot(np.maximum(t, 1e-4), v, "--" if n.startswith("gauss") else "-", color=f"C{i}", label=n, lw=1.2)
+    for t in targets:
+        a0.axhline(t, color="gray", ls=":", lw=0.8)
+    a0.set(xscale="log", yscale="log", xlabel="wall-clock s (compile excluded; t = 0 drawn at 1e-4)", ylabel="loss")
+    a0.set_title(f"seed {row['seed']}", fontsize=9)
+    a0.legend(fontsize=7, loc="lower left")
+    summ, w = record["summary"], 0.8 / len(names)
+    for i, n in enumerate(names):
+        vals = [summ[str(t)][n]["median_s"] or np.nan for t in targets]
+        a1.bar(np.arange(len(targets)) + i * w, vals, w, color=f"C{i}", label=n)
+    a1.set_xticks(np.arange(len(targets)) + 0.4 - w / 2, [f"loss {t:g}" for t in targets])
+    a1.set(yscale="log", ylabel=f"median s to target over {len(rows)} seeds")
+    a1.legend(fontsize=7)
+    m = record["meta"]
+    fig.suptitle(f"{m['network']}, float64; {m['cpu']} ({m['nproc']} cores), jax {m['jax']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _brief(r, targets):
@@ -144,10 +206,11 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     ap.add_argument("--targets", type=float, nargs="+", default=[1e-3, 1e-4, 1e-6])
     ap.add_argument("--riccati-seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--cost-rounds", type=int, default=20, help="rounds of the interleaved per-step timing")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
-    run(a.seeds, a.targets, a.riccati_seeds, write=not a.no_write)
+    run(a.seeds, a.targets, a.riccati_seeds, write=not a.no_write, cost_rounds=a.cost_rounds)
 
 
 if __name__ == "__main__":
