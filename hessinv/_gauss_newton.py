@@ -22,8 +22,9 @@ parameters, ``Hℓ`` the ``(m × m)`` Hessian of the parameter-free loss ``ℓ``
       K = λE + Z Zᵀ:        (G + λI)^{-1} g = (g − Zᵀ K^{-1} Z g) / λ.
 
   Zero eigenvalues of ``Hℓ`` contribute nothing (zero rows of ``Z``, entry ``λ`` on ``K``'s
-  diagonal). For a PSD ``Hℓ`` (``E = I``) ``K = λI + ZZᵀ`` is SPD, MATH.md's form; for an
-  indefinite one ``K`` is indefinite, so it is factorised once by LU with partial pivoting.
+  diagonal). For a PSD ``Hℓ`` (``E = I``) ``K = λI + ZZᵀ`` is SPD, MATH.md's form, factorised
+  by Cholesky (kept as the equivalent LU factors); for an indefinite one ``K`` is indefinite, so
+  it is factorised once by LU with partial pivoting.
 
 * **Log-determinant** (Sylvester, ``det(I_n + AB) = det(I_m + BA)``):
   ``det(λI_n + ZᵀDZ) = λ^n det(I_m + DZZᵀ/λ) = λ^{n−m} det(E) det(K)``, so
@@ -62,7 +63,7 @@ from . import _blocks, _flat, _pipeline
 from ._diagnostics import Info, rcond, route_code
 from ._errors import NonFiniteError, PipelineError, SingularPivotError
 from ._factorization import Factorization
-from ._linalg import sym
+from ._linalg import gram, pivoted_lu_factor, spd_lu_factor, sym
 
 # -- J and Hℓ -------------------------------------------------------------------------------------
 
@@ -315,14 +316,18 @@ def outputs_factor(pipe, seg_rows, z0):
     x = _pipeline.rows_to_vector(seg_rows, pipe.dtype)
     f, J, z = jacobian(pipe, x, z0)
     D, Z = signed_factor(pipe, loss_hessian(pipe, f, z), J)
-    return Z, D, sym(Z @ Z.T)
+    return Z, D, gram(Z)
 
 
 def factor(pipe, ZDP, damping) -> GaussNewtonFactorization:
-    """Factorise the ``m × m`` matrix ``K = λE + Z Zᵀ`` of ``G + λI`` (one LU)."""
+    """Factorise the ``m × m`` matrix ``K = λE + Z Zᵀ`` of ``G + λI`` (one LU). For a convex loss
+    (``D ≥ 0``, so ``E = I`` and ``K ≻ 0`` for ``λ > 0``) the LU factors come from a Cholesky
+    factorisation at half the flops (:func:`hessinv._linalg.spd_lu_factor`), else, and wherever
+    that Cholesky fails (``λ ≤ 0``), from LU with partial pivoting."""
     Z, D, P = ZDP
     lam = jnp.asarray(damping, pipe.dtype)
-    lu, piv = jax.scipy.linalg.lu_factor(P + jnp.diag(lam * _E(D)))
+    K = P + jnp.diag(lam * _E(D))
+    lu, piv = jax.lax.cond(jnp.all(D >= 0), spd_lu_factor, pivoted_lu_factor, K)
     return GaussNewtonFactorization(pipe, lam, Z, D, P, lu, piv)
 
 
@@ -337,7 +342,8 @@ class GaussNewtonFactorization(Factorization):
       Z: ``(m, n)``, ``diag(|d|^{1/2}) Vᵀ J`` (``G = Zᵀ diag(D) Z``).
       D: ``(m,)``, the signs of ``Hℓ``'s eigenvalues, ``−1, 0, +1``.
       P: ``(m, m)``, ``Z Zᵀ``.
-      lu, piv: the LU factors (partial pivoting, LAPACK-style pivots) of ``K = λE + Z Zᵀ``.
+      lu, piv: LU factors (LAPACK-style pivots) of ``K = λE + Z Zᵀ``: from its Cholesky factor
+        (no interchanges) for a convex loss, else with partial pivoting.
     """
 
     route = "gauss_newton"

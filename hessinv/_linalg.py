@@ -1,15 +1,55 @@
-"""Small dense linear algebra shared by the routes: symmetrising, and triangular solves with
-LU and Cholesky factors."""
+"""Small dense linear algebra shared by the routes: symmetrising, Gram matrices, and triangular
+solves with LU and Cholesky factors."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
+import numpy as np
 
 
 def sym(M):
     """``½ (M + Mᵀ)``: the symmetric part (rounding makes computed symmetric products drift)."""
     return 0.5 * (M + M.T)
+
+
+def gram(Z, blocks: int = 4):
+    """``Z Zᵀ``, exactly symmetric, from the ``k(k+1)/2`` products of ``k = blocks`` row blocks on
+    and below the block diagonal (the others are their transposes): ``(k+1)/(2k)`` of the flops of
+    ``Z @ Z.T`` (XLA has no ``syrk``). Measured with XLA:CPU, 2 cores, float64, ``Z`` 640 × 1762:
+    6.5 against 8.8 ms. Below 128 rows the plain product."""
+    m = Z.shape[0]
+    if m < 128:
+        return sym(Z @ Z.T)
+    cuts = np.linspace(0, m, blocks + 1).astype(int)
+    Zs = [Z[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    low = {(i, j): Zs[i] @ Zs[j].T for i in range(blocks) for j in range(i + 1)}
+    return jnp.block([[low[i, j] if j <= i else low[j, i].T for j in range(blocks)] for i in range(blocks)])
+
+
+def pivoted_lu_factor(K):
+    """``jax.scipy.linalg.lu_factor(K)``: LU with partial pivoting, int32 pivots."""
+    lu, piv = jax.scipy.linalg.lu_factor(K)
+    return lu, piv.astype(jnp.int32)
+
+
+def spd_lu_factor(K):
+    """LAPACK-style LU factors ``(lu, piv)`` of ``K``, from its Cholesky factor where ``K`` is
+    symmetric positive definite: ``K = L Lᵀ = (L diag(ℓ)^{-1}) (diag(ℓ) Lᵀ)`` with ``ℓ = diag L``
+    is an LU factorisation without row interchanges (``piv = 0, 1, …``), at half the flops of
+    partial pivoting (measured, XLA:CPU, 2 cores, 640 × 640 float64: 3.0 against 5.3 ms). Where
+    the Cholesky factor is not finite (``K`` not positive definite) LU with partial pivoting.
+    Either way any consumer of ``jax.scipy.linalg.lu_factor``'s output reads it unchanged."""
+
+    def from_cholesky(K):
+        L = jnp.linalg.cholesky(K)
+        ell = jnp.diagonal(L)
+        lu = jnp.tril(L / ell[None, :], -1) + jnp.triu(ell[:, None] * L.T)
+        return lu, jnp.arange(K.shape[0], dtype=jnp.int32)
+
+    lu, piv = from_cholesky(K)
+    return jax.lax.cond(jnp.all(jnp.isfinite(lu)), lambda K: (lu, piv), pivoted_lu_factor, K)
 
 
 def lu_solve(lu, perm, b, trans: bool = False):

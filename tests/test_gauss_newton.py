@@ -421,3 +421,31 @@ def test_optimiser_health_ignores_rounding_negatives_of_a_confident_softmax():
     h = _optax_health.health(F, inertia=False)
     assert bool(h.positive_definite) and int(h.n_neg) == 0 and float(h.min_rcond) > 0
     assert bool(_optax_health.health(F, inertia=True).positive_definite)
+
+
+@pytest.mark.parametrize("m", [5, 130, 641])
+def test_gram_is_exactly_symmetric_and_equals_the_product(m):
+    from hessinv._linalg import gram
+
+    Z = jax.random.normal(jax.random.key(m), (m, 37), jnp.float64)
+    P = np.asarray(gram(Z))
+    ref = np.asarray(Z) @ np.asarray(Z).T
+    assert np.array_equal(P, P.T)
+    np.testing.assert_allclose(P, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_spd_lu_factor_cholesky_branch_and_pivoted_fallback():
+    from hessinv._linalg import spd_lu_factor
+
+    A = jax.random.normal(jax.random.key(1), (40, 60), jnp.float64)
+    b = jax.random.normal(jax.random.key(2), (40,), jnp.float64)
+    spd = A @ A.T + 1e-3 * jnp.eye(40)
+    lu, piv = spd_lu_factor(spd)
+    assert np.array_equal(np.asarray(piv), np.arange(40))  # from the Cholesky factor: no interchanges
+    x = jax.scipy.linalg.lu_solve((lu, piv), b)
+    np.testing.assert_allclose(np.asarray(spd @ x), np.asarray(b), rtol=1e-9, atol=1e-9)
+    indefinite = spd - 5.0 * jnp.eye(40) * jnp.max(jnp.abs(spd))
+    lu, piv = spd_lu_factor(indefinite)  # Cholesky fails: LU with partial pivoting
+    ref_lu, ref_piv = jax.scipy.linalg.lu_factor(indefinite)
+    np.testing.assert_array_equal(np.asarray(lu), np.asarray(ref_lu))
+    np.testing.assert_array_equal(np.asarray(piv), np.asarray(ref_piv))
