@@ -38,7 +38,8 @@ def spd_lu_factor(K):
     """LAPACK-style LU factors ``(lu, piv)`` of ``K``, from its Cholesky factor where ``K`` is
     symmetric positive definite: ``K = L Lᵀ = (L diag(ℓ)^{-1}) (diag(ℓ) Lᵀ)`` with ``ℓ = diag L``
     is an LU factorisation without row interchanges (``piv = 0, 1, …``), at half the flops of
-    partial pivoting (measured, XLA:CPU, 2 cores, 640 × 640 float64: 3.0 against 5.3 ms). Where
+    partial pivoting (measured, XLA:CPU, 2 cores, 640 × 640 float64, the finiteness check included:
+    3.9 against 5.2 ms). Where
     the Cholesky factor is not finite (``K`` not positive definite) LU with partial pivoting.
     Either way any consumer of ``jax.scipy.linalg.lu_factor``'s output reads it unchanged."""
 
