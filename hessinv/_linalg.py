@@ -29,28 +29,31 @@ def gram(Z, blocks: int = 4):
 
 
 def pivoted_lu_factor(K):
-    """``jax.scipy.linalg.lu_factor(K)``: LU with partial pivoting, int32 pivots."""
-    lu, piv = jax.scipy.linalg.lu_factor(K)
-    return lu, piv.astype(jnp.int32)
+    """``(lu, piv, perm)``: LU with partial pivoting, ``K[perm] = L U``, LAPACK's int32 pivots
+    ``piv`` (their parity gives the determinant's sign) and the permutation ``perm`` they make
+    (what :func:`lu_solve` reads: converting pivots to it is a sequential loop, paid here once
+    per factorisation instead of in every solve)."""
+    lu, piv, perm = jax.lax.linalg.lu(K)
+    return lu, piv.astype(jnp.int32), perm.astype(jnp.int32)
 
 
 def spd_lu_factor(K):
-    """LAPACK-style LU factors ``(lu, piv)`` of ``K``, from its Cholesky factor where ``K`` is
-    symmetric positive definite: ``K = L Lᵀ = (L diag(ℓ)^{-1}) (diag(ℓ) Lᵀ)`` with ``ℓ = diag L``
-    is an LU factorisation without row interchanges (``piv = 0, 1, …``), at half the flops of
-    partial pivoting (measured, XLA:CPU, 2 cores, 640 × 640 float64, the finiteness check included:
-    3.9 against 5.2 ms). Where
-    the Cholesky factor is not finite (``K`` not positive definite) LU with partial pivoting.
-    Either way any consumer of ``jax.scipy.linalg.lu_factor``'s output reads it unchanged."""
+    """LU factors ``(lu, piv, perm)`` of ``K`` as :func:`pivoted_lu_factor` gives them, from its
+    Cholesky factor where ``K`` is symmetric positive definite: ``K = L Lᵀ = (L diag(ℓ)^{-1})
+    (diag(ℓ) Lᵀ)`` with ``ℓ = diag L`` is an LU factorisation without row interchanges
+    (``piv = perm = 0, 1, …``), at half the flops of partial pivoting (measured, XLA:CPU, 2 cores,
+    640 × 640 float64, the finiteness check included: 3.9 against 5.2 ms). Where the Cholesky
+    factor is not finite (``K`` not positive definite) LU with partial pivoting."""
 
     def from_cholesky(K):
         L = jnp.linalg.cholesky(K)
         ell = jnp.diagonal(L)
         lu = jnp.tril(L / ell[None, :], -1) + jnp.triu(ell[:, None] * L.T)
-        return lu, jnp.arange(K.shape[0], dtype=jnp.int32)
+        ident = jnp.arange(K.shape[0], dtype=jnp.int32)
+        return lu, ident, ident
 
-    lu, piv = from_cholesky(K)
-    return jax.lax.cond(jnp.all(jnp.isfinite(lu)), lambda K: (lu, piv), pivoted_lu_factor, K)
+    lu, piv, perm = from_cholesky(K)
+    return jax.lax.cond(jnp.all(jnp.isfinite(lu)), lambda K: (lu, piv, perm), pivoted_lu_factor, K)
 
 
 def lu_solve(lu, perm, b, trans: bool = False):

@@ -435,17 +435,24 @@ def test_gram_is_exactly_symmetric_and_equals_the_product(m):
 
 
 def test_spd_lu_factor_cholesky_branch_and_pivoted_fallback():
-    from hessinv._linalg import spd_lu_factor
+    from hessinv._linalg import lu_solve, spd_lu_factor
 
     A = jax.random.normal(jax.random.key(1), (40, 60), jnp.float64)
     b = jax.random.normal(jax.random.key(2), (40,), jnp.float64)
     spd = A @ A.T + 1e-3 * jnp.eye(40)
-    lu, piv = spd_lu_factor(spd)
+    lu, piv, perm = spd_lu_factor(spd)
     assert np.array_equal(np.asarray(piv), np.arange(40))  # from the Cholesky factor: no interchanges
-    x = jax.scipy.linalg.lu_solve((lu, piv), b)
+    assert np.array_equal(np.asarray(perm), np.arange(40))
+    x = lu_solve(lu, perm, b)
     np.testing.assert_allclose(np.asarray(spd @ x), np.asarray(b), rtol=1e-9, atol=1e-9)
-    indefinite = spd - 5.0 * jnp.eye(40) * jnp.max(jnp.abs(spd))
-    lu, piv = spd_lu_factor(indefinite)  # Cholesky fails: LU with partial pivoting
-    ref_lu, ref_piv = jax.scipy.linalg.lu_factor(indefinite)
+    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(np.asarray(spd), np.asarray(b)), rtol=1e-7)
+    B = jax.random.normal(jax.random.key(3), (40, 40), jnp.float64)
+    indefinite = B + B.T  # symmetric, eigenvalues of both signs, not diagonally dominant
+    lu, piv, perm = spd_lu_factor(indefinite)  # Cholesky fails: LU with partial pivoting
+    ref_lu, ref_piv, ref_perm = jax.lax.linalg.lu(indefinite)
     np.testing.assert_array_equal(np.asarray(lu), np.asarray(ref_lu))
     np.testing.assert_array_equal(np.asarray(piv), np.asarray(ref_piv))
+    np.testing.assert_array_equal(np.asarray(perm), np.asarray(ref_perm))
+    assert not np.array_equal(np.asarray(perm), np.arange(40))  # the fallback did interchange rows
+    x = lu_solve(lu, perm, b)
+    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(np.asarray(indefinite), np.asarray(b)), rtol=1e-9)
