@@ -224,6 +224,9 @@ def machine() -> dict:
         "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
         "x64": bool(jax.config.jax_enable_x64),
         "hessinv": hessinv.__version__,
+        # The jaxlib LAPACK kernels (LU, Cholesky, eigh) run on SciPy's OpenBLAS, whose own
+        # threads compete with XLA's for the cores (docs/performance.md, "OpenBLAS threads").
+        "thread_env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")},
     }
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 import hessinv
+from benchmarks import common
 
 # -- data and model ------------------------------------------------------------------------------
 
@@ -429,18 +430,6 @@ def main():
         print(f"  {name:22s}" + "  ".join(f"{t}: {w}" for t, w in row.items()))
 
 
-def _cpu_model():
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def write(args, results, targets, n_params, final=True):
     """Summarise the seeds run so far and write ``<out>/newton_vs_adam_<platform>[_float32]``
     ``.json`` and ``.png``; returns the summary and the head-to-head counts."""
@@ -453,10 +442,7 @@ def write(args, results, targets, n_params, final=True):
         cpu_count=os.cpu_count(),
         load_average_at_end=os.getloadavg(),
         machine=platform.machine(),
-        cpu_model=_cpu_model(),
-        # The jaxlib LAPACK kernels (LU, Cholesky, eigh) run on SciPy's OpenBLAS, whose own
-        # threads compete with XLA's for the cores; see docs/performance.md, "OpenBLAS threads".
-        thread_env={k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")},
+        host=common.machine(),
         python=platform.python_version(),
         jax=jax.__version__,
         optax=optax.__version__,
