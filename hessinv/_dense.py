@@ -39,7 +39,7 @@ from ._diagnostics import Info, route_code
 from ._diagnostics import rcond as _rcond
 from ._errors import NonFiniteError, SingularPivotError
 from ._factorization import Factorization
-from ._linalg import cho_solve, lu_solve, sym
+from ._linalg import cho_solve, lu_solve, pivoted_lu_factor, sym
 
 # -- the dense reference ----------------------------------------------------------------------
 
@@ -122,13 +122,9 @@ def factor(pipe, C, damping) -> DenseFactorization:
     def skip_lu(M):
         return jnp.zeros_like(M), eye_idx, eye_idx
 
-    def do_lu(M):
-        lu, piv, perm = jax.lax.linalg.lu(M)
-        return lu, piv.astype(jnp.int32), perm.astype(jnp.int32)
-
     # Only an indefinite (or singular, or non-finite) M pays for the LU (under vmap with a
     # batched predicate both branches run: that is jax's cond, still exact).
-    lu, piv, perm = jax.lax.cond(is_pd, skip_lu, do_lu, M)
+    lu, piv, perm = jax.lax.cond(is_pd, skip_lu, pivoted_lu_factor, M)
     return DenseFactorization(pipe, C, lam, L, lu, piv, perm, is_pd)
 
 

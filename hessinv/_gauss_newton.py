@@ -68,10 +68,10 @@ from ._linalg import gram, lu_solve, pivoted_lu_factor, spd_lu_factor, sym
 # -- J and Hℓ -------------------------------------------------------------------------------------
 
 
-def _loss_input(pipe: _pipeline.Pipeline, x, z):
+def _loss_input(pipe: _pipeline.Pipeline, seg_rows, z):
     """The last layer's input: every layer but the loss applied to ``z`` (a batch, or one
-    example of it), with the flat parameters ``x``."""
-    return _pipeline.run_segments(pipe.segments[:-1], _pipeline.vector_to_rows(pipe, x), z)[0]
+    example of it), with the params as per-segment rows."""
+    return _pipeline.run_segments(pipe.segments[:-1], seg_rows, z)[0]
 
 
 def _outputs(pipe: _pipeline.Pipeline, z0):
@@ -79,7 +79,7 @@ def _outputs(pipe: _pipeline.Pipeline, z0):
     function of the flat parameters ``x``, every layer but the loss applied."""
 
     def phi(x):
-        z = _loss_input(pipe, x, z0)
+        z = _loss_input(pipe, _pipeline.vector_to_rows(pipe, x), z0)
         return _flat.ravel(pipe.segments[-1].in_spec, z, pipe.dtype), z
 
     return phi
@@ -149,7 +149,7 @@ def _example_outputs_rows(pipe: _pipeline.Pipeline):
     last = pipe.segments[-1]
 
     def phi(rows, z):
-        leaves = jax.tree.leaves(_pipeline.run_segments(pipe.segments[:-1], rows, z)[0])
+        leaves = jax.tree.leaves(_loss_input(pipe, rows, z))
         act = [a.reshape(1, -1).astype(pipe.dtype) for a, f in zip(leaves, last.in_spec.is_active) if f]
         return jnp.concatenate(act, axis=1).reshape(-1)
 

@@ -104,7 +104,9 @@ def lm_retry(attempt, t, lam, *, increase_factor, max_damping, retries):
     try the larger ``λ`` classic LM moves to. Trying it here costs, on the dense and output-space
     routes, the λ-dependent part alone (a refactorisation, a solve and the trial loss); on the
     stage recursion, which keeps no λ-independent part, a one-pass solve and the trial loss. A
-    ``lax.while_loop``: nothing is paid where the first step is accepted."""
+    ``lax.while_loop``, which the caller enters through a ``lax.cond`` only where the first step
+    was rejected (a while loop copies the λ-independent part it reads even when it makes no
+    iteration)."""
 
     def cond(c):
         t, lam_k, k = c
