@@ -388,12 +388,13 @@ class GaussNewtonFactorization(Factorization):
         """:meth:`solve` on per-segment row matrices: ``(g − Zᵀ K^{-1} Z g) / λ``."""
         g = _pipeline.rows_to_vector(g_rows, self.pipe.dtype)
         t = lu_solve(self.lu, self.perm, self.Z @ g)
-        return _pipeline.vector_to_rows(self.pipe, (g - self.Z.T @ t) / self.damping)
+        # t @ Z, not Z.T @ t: XLA:CPU materialised Z.T (1762 × 640 on the digits MLP) for the latter
+        return _pipeline.vector_to_rows(self.pipe, (g - t @ self.Z) / self.damping)
 
     def matvec_rows(self, v_rows):
         """``(G + λI) v = λv + Zᵀ D Z v``, on per-segment rows."""
         x = _pipeline.rows_to_vector(v_rows, self.pipe.dtype)
-        return _pipeline.vector_to_rows(self.pipe, self.damping * x + self.Z.T @ (self.D * (self.Z @ x)))
+        return _pipeline.vector_to_rows(self.pipe, self.damping * x + (self.D * (self.Z @ x)) @ self.Z)
 
     # -- selected inversion and sampling ---------------------------------------------------------
 
@@ -429,7 +430,7 @@ class GaussNewtonFactorization(Factorization):
         s2, U = jnp.linalg.eigh(self.P)
         r, rs = jnp.sqrt(self.damping), jnp.sqrt(self.damping + jnp.maximum(s2, 0))
         h = -1 / (r * rs * (r + rs))
-        x = eps / r + self.Z.T @ (U @ (h * (U.T @ (self.Z @ eps))))
+        x = eps / r + (U @ (h * (U.T @ (self.Z @ eps)))) @ self.Z
         bad = jnp.any(self.D < 0) | ~(self.damping > 0)
         return _pipeline.vector_to_rows(self.pipe, jnp.where(bad, jnp.nan, x))
 
