@@ -216,12 +216,19 @@ def block_sizes(pipe: _pipeline.Pipeline) -> tuple:
 
 
 def _is_block_diagonal(H, b: int):
-    """Whether every entry of ``H`` off its ``b × b`` diagonal blocks is exactly zero."""
-    k = H.shape[0] // b
+    """Whether every entry of the matrices ``H`` (``(..., M, M)``) off their ``b × b`` diagonal
+    blocks is exactly zero."""
+    k = H.shape[-1] // b
     # iotas, not a constant mask: an m × m boolean constant would be embedded in the program
     i = jax.lax.broadcasted_iota(jnp.int32, (k, 1, k, 1), 0)
     j = jax.lax.broadcasted_iota(jnp.int32, (k, 1, k, 1), 2)
-    return jnp.all((i == j) | (H.reshape(k, b, k, b) == 0))
+    return jnp.all((i == j) | (H.reshape(H.shape[:-2] + (k, b, k, b)) == 0))
+
+
+def _diagonal_blocks(H, b: int):
+    """The ``b × b`` diagonal blocks of the matrices ``H`` (``(B, M, M)``), as ``(B·M/b, b, b)``."""
+    k, idx = H.shape[-1] // b, np.arange(H.shape[-1] // b)
+    return H.reshape(H.shape[0], k, b, k, b)[:, idx, :, idx, :].reshape(-1, b, b)
 
 
 def _root_times(H_ell, J, b: int | None):
@@ -245,7 +252,15 @@ def structure(pipe: _pipeline.Pipeline, H_ell):
     """The index into ``block_sizes(pipe) + (None,)`` of the finest diagonal blocks that ``Hℓ``
     has exactly (every other entry zero); the last, ``None``, is the whole matrix. An array."""
     sizes = block_sizes(pipe)
-    found = jnp.array([_is_block_diagonal(H_ell, b) for b in sizes])
+    # Coarsest first on the whole matrix, then each finer size (a divisor of the coarser one) only
+    # inside the coarser diagonal blocks: the m × m matrix is read once (XLA recomputed Hℓ in each
+    # whole-matrix check: 1.6 + 0.6 ms of the digits MLP's step, m = 640).
+    found, blocks, inside = [], H_ell[None], jnp.array(True)
+    for b in reversed(sizes):
+        inside = inside & _is_block_diagonal(blocks, b)
+        found.append(inside)
+        blocks = _diagonal_blocks(blocks, b)
+    found = jnp.array(found[::-1])
     return jnp.where(jnp.any(found), jnp.argmax(found), len(sizes))
 
 

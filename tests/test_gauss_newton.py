@@ -235,6 +235,36 @@ def test_loss_hessian_blocks_are_found_and_every_branch_is_exact(name, blocks):
     assert rel_err(np.asarray(Z.T @ (D[:, None] * Z)), G) < 1e-12
 
 
+def test_structure_reads_finer_blocks_only_inside_coarser_ones():
+    """``structure`` on synthetic ``Hℓ`` of the softmax layout (``C = 3`` outputs per example):
+    diagonal -> 1; block-diagonal with coupling inside a block -> 3; a matrix whose ``3 × 3``
+    diagonal blocks are diagonal but which couples two examples -> the whole matrix, never the
+    diagonal (the finer check runs inside the coarser blocks only, so it must inherit their
+    failure); one nonzero entry anywhere off the blocks -> the whole matrix."""
+    layers, params, z0, _ = dense("xent")
+    pipe = _pipeline.build(layers, params, z0)
+    sizes = gn.block_sizes(pipe) + (None,)
+    m = pipe.segments[-1].a_in
+    assert sizes == (1, 3, None) and m % 3 == 0
+    rng = np.random.default_rng(0)
+
+    def found(H):
+        return sizes[int(gn.structure(pipe, jnp.asarray(H)))]
+
+    diag = np.diag(rng.uniform(1, 2, m))
+    assert found(diag) == 1
+    blockwise = diag.copy()
+    blockwise[0, 1] = blockwise[1, 0] = 0.5
+    assert found(blockwise) == 3
+    across = diag.copy()
+    across[0, 3] = across[3, 0] = 0.5  # examples 0 and 1; their own blocks stay diagonal
+    assert found(across) is None
+    for i, j in [(0, m - 1), (m - 1, 0), (4, 2)]:
+        H = blockwise.copy()
+        H[i, j] = 1e-300  # the tiniest coupling counts: the check is exact
+        assert found(H) is None, (i, j)
+
+
 # -- the per-example Jacobian ---------------------------------------------------------------------
 
 
