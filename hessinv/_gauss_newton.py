@@ -241,8 +241,8 @@ def _root_times(H_ell, J, b: int | None):
     at ``m = 128``.)"""
     m, n = J.shape
     b = m if b is None else b
-    k, idx = m // b, np.arange(m // b)
-    d, V = jnp.linalg.eigh(H_ell.reshape(k, b, k, b)[idx, :, idx, :])  # (k, b), (k, b, b)
+    k = m // b
+    d, V = jnp.linalg.eigh(_diagonal_blocks(H_ell[None], b))  # (k, b), (k, b, b)
     d = jnp.where(jnp.abs(d) <= m * float(jnp.finfo(d.dtype).eps) * jnp.max(jnp.abs(d)), 0, d)
     R = jnp.sqrt(jnp.abs(d))[:, :, None] * jnp.swapaxes(V, 1, 2)
     return jnp.sign(d).reshape(m), jnp.einsum("kij,kjn->kin", R, J.reshape(k, b, n)).reshape(m, n)
